@@ -1,0 +1,99 @@
+"""The one interface through which methods see images (and, for CLIP, text).
+
+A :class:`FeatureExtractor` wraps a frozen vision transformer. It owns preprocessing (inputs are images
+in [0, 1]; it resizes nothing but normalises with its model's constants) and returns residual-stream
+patch tokens of the requested blocks with class and register tokens removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Features:
+    """Frozen features of one batch.
+
+    ``patch_tokens[i]`` / ``cls_tokens[i]`` belong to ``layers[i]`` (1-indexed transformer blocks):
+    residual-stream tokens after that block, before any final norm, ``[B, N, C]`` with ``N = h * w``
+    in row-major order, and ``[B, C]``. ``global_embedding`` is the model's image embedding: CLIP's
+    projected image embedding ``[B, D]`` (post_layernorm + visual_projection of the CLS token); DINO's
+    final-norm CLS token ``[B, C]``.
+    """
+
+    layers: tuple[int, ...]
+    patch_tokens: list[Tensor]
+    cls_tokens: list[Tensor]
+    global_embedding: Tensor
+    grid: tuple[int, int]
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+class TextEncoder(nn.Module):
+    """CLIP text tower: sentences to joint-space embeddings, plus hooks for learnable prompts."""
+
+    embed_dim: int  # D, the joint space
+    width: int  # token embedding width of the text transformer
+    context_length: int
+
+    def tokenize(self, texts: list[str]) -> Tensor:
+        """Token ids ``[T, context_length]`` (padded, with start/end tokens)."""
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> Tensor:
+        """Projected, *unnormalised* sentence embeddings ``[T, D]``."""
+        raise NotImplementedError
+
+    def encode_tokens(self, token_ids: Tensor, token_embeddings: Tensor | None = None,
+                      deep_prompts: list[Tensor] | None = None) -> Tensor:
+        """Embeddings ``[T, D]`` from ids ``[T, L]``, optionally replacing the input embeddings with
+        ``token_embeddings`` ``[T, L, width]`` (learnable context) and inserting ``deep_prompts``
+        (per layer ``[n, width]``) as in AnomalyCLIP. The end-of-text position is taken from the ids."""
+        raise NotImplementedError
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        raise NotImplementedError
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen vision transformer returning per-block patch tokens."""
+
+    name: str
+    image_size: int  # default input size in pixels
+    patch_size: int
+    width: int  # C, residual stream width
+    num_layers: int
+    embed_dim: int  # size of ``global_embedding`` (CLIP: D; DINO: C)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def forward(self, images: Tensor, layers: tuple[int, ...] | list[int]) -> Features:
+        raise NotImplementedError
+
+    @property
+    def default_layers(self) -> tuple[int, ...]:
+        """Four evenly spaced blocks (6/12/18/24 for a 24-block model)."""
+        n = self.num_layers
+        return tuple(sorted({max(1, -(-n * i // 4)) for i in range(1, 5)}))
+
+    @property
+    def text(self) -> TextEncoder | None:
+        """The paired text tower (CLIP), or None for vision-only models (DINO)."""
+        return None
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """CLIP only: tokens ``[..., C]`` into the joint space (post_layernorm + visual_projection)."""
+        raise NotImplementedError(f"{self.name} has no joint image-text space")
+
+    def grid_for(self, image_size: int) -> tuple[int, int]:
+        side = image_size // self.patch_size
+        return side, side
+
+    def normalize(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std

@@ -1,0 +1,50 @@
+"""Command-line entry point: thin argument parsing over the library.
+
+Each subcommand lives in ``zsad/commands/<name>.py`` with ``add_parser(subparsers)`` (which sets
+``func``); this module only assembles them and turns :class:`~zsad.errors.ZsadError` into one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from zsad import __version__
+from zsad.errors import ZsadError
+
+COMMANDS = ("datasets", "synth")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsad", description="Zero- and few-shot visual anomaly detection on frozen foundation models."
+    )
+    parser.add_argument("--version", action="version", version=f"zsad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"zsad.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except ZsadError as err:
+        print(f"zsad {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zsad {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    if "LOCAL_RANK" in os.environ:  # launched by torchrun: keep rank-local output readable
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

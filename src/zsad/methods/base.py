@@ -1,0 +1,118 @@
+"""The method protocol and registry.
+
+A method owns its math: given a frozen :class:`~zsad.backbones.base.FeatureExtractor` and a typed
+config it builds its (possibly empty) set of trainable parameters, computes its training losses, builds
+per-category state (text anchors, reference dictionaries) once in :meth:`Method.prepare`, and predicts
+anomaly maps at input resolution. The engine owns loops, devices, seeds, precision and checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from zsad.backbones.base import FeatureExtractor
+from zsad.data.types import Batch
+from zsad.errors import ConfigError
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; subclasses add their hyperparameters."""
+
+    backbone: str = "clip-vit-l14-336"
+    image_size: int = 336
+    layers: tuple[int, ...] | None = None  # None: the backbone's default four blocks
+
+
+@dataclass
+class Prediction:
+    """Per image: anomaly map ``[B, H, W]`` at input resolution and image score ``[B]``."""
+
+    anomaly_map: Tensor
+    score: Tensor
+
+
+class Method(nn.Module):
+    """Base class of every anomaly detection method."""
+
+    name: ClassVar[str]
+    zero_shot: ClassVar[bool] = False
+    few_shot: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, backbone: FeatureExtractor, config: MethodConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
+        """``{"loss": total, <part>: value, ...}`` for one batch; trainable methods only."""
+        raise ConfigError(f"method {self.name!r} has nothing to train")
+
+    def prepare(self, class_name: str, references: Tensor | None) -> None:
+        """Build per-category state; ``references`` are k normal images ``[k, 3, H, W]`` in [0, 1] or None."""
+        raise NotImplementedError
+
+    def predict(self, images: Tensor) -> Prediction:
+        raise NotImplementedError
+
+    def method_state_dict(self) -> dict[str, Tensor]:
+        """The method's own tensors (parameters and buffers), without the frozen backbone's."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_method_state_dict(self, state: dict[str, Tensor]) -> None:
+        own = self.method_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ConfigError(
+                f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def train(self, mode: bool = True) -> Method:
+        """Train mode never reaches the frozen backbone (its dropout/norm statistics stay fixed)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise RuntimeError(f"method name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    from zsad import methods  # noqa: F401  (importing the package registers every method)
+
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available_methods() -> dict[str, type[Method]]:
+    from zsad import methods  # noqa: F401
+
+    return dict(sorted(_REGISTRY.items()))

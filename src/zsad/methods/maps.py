@@ -1,0 +1,82 @@
+"""Turning patch scores into anomaly maps: patch–anchor maps, upsampling, Gaussian smoothing."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def tokens_to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``[B, N, C]`` row-major tokens to ``[B, C, h, w]``."""
+    b, n, c = tokens.shape
+    h, w = grid
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+def grid_to_tokens(x: Tensor) -> Tensor:
+    """``[B, C, h, w]`` to ``[B, h*w, C]``."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def anchor_map(probs: Tensor) -> Tensor:
+    """The two-anchor anomaly map ``(p_a + 1 - p_n) / 2`` from ``[..., 2]`` (normal, anomalous)."""
+    return (probs[..., 1] + 1 - probs[..., 0]) / 2
+
+
+def upsample(maps: Tensor, size: tuple[int, int] | int) -> Tensor:
+    """Bilinear upsampling of ``[B, h, w]`` or ``[B, K, h, w]`` maps to ``size``."""
+    size = (size, size) if isinstance(size, int) else size
+    squeeze = maps.dim() == 3
+    x = maps.unsqueeze(1) if squeeze else maps
+    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    return x.squeeze(1) if squeeze else x
+
+
+@functools.lru_cache(maxsize=32)
+def _gaussian_kernel(sigma: float, radius: int) -> Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """Separable Gaussian smoothing of ``[B, H, W]`` maps with reflect padding (scipy's default mode).
+
+    ``radius = int(truncate * sigma + 0.5)`` as in ``scipy.ndimage.gaussian_filter``.
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * sigma + 0.5)
+    h, w = maps.shape[-2:]
+    radius = min(radius, h - 1, w - 1)
+    kernel = _gaussian_kernel(float(sigma), radius).to(maps.device, torch.float32)
+    x = maps.float().unsqueeze(1)
+    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x.squeeze(1).to(maps.dtype)
+
+
+def sigma_for(size: int, sigma_at_reference: float, reference_size: int) -> float:
+    """Scale a smoothing width given at one input size to another (σ = 4 at 518 px -> σ at ``size``)."""
+    return sigma_at_reference * size / reference_size
+
+
+def harmonic_mean(values: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    return values.shape[dim] / (1.0 / values.clamp_min(eps)).sum(dim)
+
+
+def min_cosine_distance(queries: Tensor, bank: Tensor, chunk: int = 4096) -> Tensor:
+    """For each query ``[M, C]``, ``min(1 - cos)`` to the rows of ``bank`` ``[R, C]``, in chunks of the bank
+    so memory stays ``M × chunk`` however many references there are."""
+    q = F.normalize(queries.float(), dim=-1)
+    best = torch.full((q.shape[0],), math.inf, device=q.device)
+    for start in range(0, bank.shape[0], chunk):
+        b = F.normalize(bank[start : start + chunk].float(), dim=-1)
+        best = torch.minimum(best, 1 - (q @ b.t()).amax(1))
+    return best
