@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from zsad import __version__
 from zsad.errors import ZsadError
 
-COMMANDS = ("datasets", "synth")
+COMMANDS = ("datasets", "synth", "methods", "train", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if "LOCAL_RANK" in os.environ:  # launched by torchrun: keep rank-local output readable
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -45,6 +45,8 @@ class Method(nn.Module):
     trainable: ClassVar[bool] = False
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     summary: ClassVar[str] = ""
+    # Training defaults from the method's paper (fields of zsad.engine.train.TrainConfig).
+    train_defaults: ClassVar[dict[str, object]] = {}
 
     def __init__(self, backbone: FeatureExtractor, config: MethodConfig) -> None:
         super().__init__()
@@ -65,6 +67,9 @@ class Method(nn.Module):
         """``{"loss": total, <part>: value, ...}`` for one batch; trainable methods only."""
         raise ConfigError(f"method {self.name!r} has nothing to train")
 
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step (e.g. to renormalise a dictionary or update an EMA)."""
+
     def prepare(self, class_name: str, references: Tensor | None) -> None:
         """Build per-category state; ``references`` are k normal images ``[k, 3, H, W]`` in [0, 1] or None."""
         raise NotImplementedError
@@ -76,10 +81,13 @@ class Method(nn.Module):
         """The method's own tensors (parameters and buffers), without the frozen backbone's."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def load_method_state_dict(self, state: dict[str, Tensor]) -> None:
+    def load_method_state_dict(self, state: dict[str, Tensor], partial: bool = False) -> None:
+        """Load the method's tensors; ``partial`` allows a subset (initialising from an earlier stage)."""
         own = self.method_state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
+        if partial and not unexpected and len(missing) < len(own):
+            missing = []
         if missing or unexpected:
             raise ConfigError(
                 f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"

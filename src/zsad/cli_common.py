@@ -1,0 +1,72 @@
+"""Arguments and helpers shared by several subcommands (method selection, progress bars, lists)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from zsad.errors import ConfigError
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a trained checkpoint folder") -> None:
+    p.add_argument("--method", help="method name (see `zsad methods`)")
+    p.add_argument("--checkpoint", type=Path, help=checkpoint_help)
+    p.add_argument("--backbone", help="backbone name (see `zsad backbones`); default: the method's")
+    p.add_argument("--weights", help="local weights folder or hub id for the backbone")
+    p.add_argument("--image-size", type=int, help="input size in pixels (default: the method's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method config field (repeatable), e.g. --set lookup=dense")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+
+
+def method_from_args(args: argparse.Namespace):
+    from zsad.engine.build import build_method
+    from zsad.runtime import pick_device
+
+    if not args.method and not args.checkpoint:
+        raise ConfigError("give --method NAME or --checkpoint DIR")
+    device = pick_device(args.device)
+    method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
+                          image_size=args.image_size, overrides=args.overrides, device=device)
+    return method, device
+
+
+class _Advance:
+    """A callable that advances a rich progress task; ``total(n)`` sets its length."""
+
+    def __init__(self, progress, task) -> None:
+        self._progress, self._task = progress, task
+
+    def __call__(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def total(self, n: int) -> None:
+        self._progress.update(self._task, total=n)
+
+    def info(self, text: str) -> None:
+        self._progress.update(self._task, info=text)
+
+
+@contextlib.contextmanager
+def progress_bar(console, description: str) -> Iterator[_Advance]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, transient=False) as progress:
+        task = progress.add_task(description, total=None, info="")
+        yield _Advance(progress, task)
+

@@ -1,0 +1,79 @@
+"""``zsad eval``: the k-shot evaluation protocol on a dataset, written to results.json / results.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsad.cli_common import add_method_arguments, int_list, method_from_args, progress_bar, str_list
+from zsad.config import to_dict
+from zsad.data import open_dataset
+from zsad.engine.evaluate import EvalConfig, Evaluator, plan_runs, results_document, write_results
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a method under the zero-/few-shot protocol")
+    add_method_arguments(p)
+    p.add_argument("--data", required=True, help="dataset as FORMAT:PATH (see `zsad datasets`)")
+    p.add_argument("--shots", type=int_list, default=None, help="comma-separated k values (default: 0 or 4)")
+    p.add_argument("--seeds", type=int, default=5, help="reference draws per k > 0 (default 5)")
+    p.add_argument("--categories", type=str_list, default=None, help="comma-separated subset of categories")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
+    p.add_argument("--report", action="store_true", help="also write the HTML report into --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    dataset = open_dataset(args.data)
+    method, device = method_from_args(args)
+    shots = tuple(args.shots) if args.shots else ((0,) if method.zero_shot else (4,))
+    config = EvalConfig(shots=shots, seeds=args.seeds, categories=tuple(args.categories) if args.categories else None,
+                        batch_size=args.batch_size, precision=args.precision)
+    runs = plan_runs(dataset, config, method)
+    collector = _report_collector(args)
+    meta = {"method": method.name, "dataset": args.data, "checkpoint": str(args.checkpoint or ""),
+            "weights": args.weights, "device": str(device), "eval": to_dict(config),
+            "method_config": to_dict(method.config)}
+    with progress_bar(console, "evaluating") as advance:
+        evaluator = Evaluator(method, dataset, config, progress=None, on_predictions=collector)
+        advance.total(evaluator.count_images(runs))
+        evaluator.progress = advance
+        results = [evaluator.run(r) for r in runs]
+    document = results_document(results, meta)
+    write_results(args.out, document)
+    if collector is not None:
+        collector.write(args.out, document)
+    _print_summary(console, document)
+    console.print(f"results written to {args.out / 'results.json'} and {args.out / 'results.md'}")
+    return 0
+
+
+def _report_collector(args: argparse.Namespace):
+    if not args.report:
+        return None
+    from zsad.report import ReportCollector
+
+    return ReportCollector()
+
+
+def _print_summary(console, document: dict) -> None:
+    from rich.table import Table
+
+    from zsad.metrics import METRIC_KEYS
+
+    for k, cell in document["summary"].items():
+        table = Table(title=f"{document['method']} · {k}-shot · mean over {len(cell['categories'])} categories")
+        for m in METRIC_KEYS:
+            table.add_column(m.replace("_", " "), justify="right")
+        table.add_row(*[_fmt(cell["mean"][m], cell["std"][m], k) for m in METRIC_KEYS])
+        console.print(table)
+
+
+def _fmt(mean: float, std: float, k: str) -> str:
+    if mean != mean:
+        return "–"
+    return f"{100 * mean:.1f}" if k == "0" else f"{100 * mean:.1f}±{100 * std:.1f}"

@@ -1,0 +1,81 @@
+"""``zsad train``: train a method's own parameters on one or more auxiliary datasets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsad.cli_common import add_method_arguments, progress_bar
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a method on auxiliary data (frozen backbone)")
+    add_method_arguments(p, checkpoint_help="initialise from this checkpoint's weights (e.g. an earlier stage)")
+    p.add_argument("--data", action="append", required=True,
+                   help="auxiliary dataset as FORMAT:PATH; repeat to train on several")
+    p.add_argument("--split", choices=["train", "test"], help="auxiliary split (default: the method's)")
+    p.add_argument("--stage", help="training stage for multi-stage methods (e.g. spg: sae, guides)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap optimizer steps per epoch (quick runs)")
+    p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--train-set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training config field (repeatable), e.g. --train-set scheduler=cosine")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from zsad.config import with_overrides
+    from zsad.data import open_dataset
+    from zsad.engine.build import build_method
+    from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
+    from zsad.errors import ConfigError
+    from zsad.methods import method_class
+    from zsad.runtime import pick_device
+
+    console = Console(stderr=True)
+    if not args.method:
+        raise ConfigError("give --method NAME")
+    cls = method_class(args.method)
+    if not cls.trainable:
+        raise ConfigError(f"method {args.method!r} is training-free; evaluate it directly with `zsad eval`")
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
+             "precision": args.precision if args.precision != "fp32" else None}
+    config = with_overrides(train_config_for(cls, {k: v for k, v in flags.items() if v is not None}),
+                            args.train_overrides)
+    overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
+    device = pick_device(args.device)
+    datasets = [open_dataset(spec) for spec in args.data]
+    method = build_method(args.method, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                          overrides=overrides, device=device)
+    if args.checkpoint:
+        from zsad.engine.checkpoint import WEIGHTS, load_tensors
+
+        method.load_method_state_dict(load_tensors(args.checkpoint / WEIGHTS, device), partial=True)
+    records = training_records(datasets, config)
+    if has_checkpoint(args.out) and not args.resume:
+        raise ConfigError(f"{args.out}: already holds a checkpoint; pass --resume to continue it or choose --out")
+    with progress_bar(console, f"training {method.name}") as advance:
+        trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})
+        if args.resume:
+            trainer.resume()
+        advance.total(config.epochs * trainer.steps_per_epoch)
+        advance(trainer.epoch * trainer.steps_per_epoch)
+        trainer.on_step = lambda step, losses: (advance(1), advance.info(_losses(losses)))
+        while trainer.epoch < config.epochs:
+            row = trainer.train_epoch()
+            console.log(f"epoch {row['epoch']}/{config.epochs}: " + _losses(row))
+    console.print(f"checkpoint written to {args.out} ({len(records)} training images, device {device})")
+    return 0
+
+
+def _losses(values: dict[str, float]) -> str:
+    parts = [f"{k} {v:.4f}" for k, v in values.items() if k not in {"epoch", "steps", "lr", "images_per_s"}]
+    return " · ".join(parts)

@@ -1,0 +1,57 @@
+"""Building a ready-to-use method from a name (training-free or untrained) or from a checkpoint folder.
+
+The backbone is never stored in a checkpoint: it is rebuilt from the config's backbone name and the
+user's ``--weights``, and only the method's own tensors are loaded on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsad.backbones import build_backbone
+from zsad.config import from_dict, to_dict, with_overrides
+from zsad.engine.checkpoint import WEIGHTS, load_tensors, read_config
+from zsad.errors import ConfigError
+from zsad.methods.base import Method, method_class
+
+
+def method_config(name: str, base: dict[str, Any] | None = None, backbone: str | None = None,
+                  image_size: int | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The typed config of method ``name``: defaults (or ``base``), then CLI flags, then ``key=value``s."""
+    cls = method_class(name)
+    config = from_dict(cls.Config, base) if base is not None else cls.Config()
+    flags: dict[str, Any] = {}
+    if backbone:
+        flags["backbone"] = backbone
+    if image_size:
+        flags["image_size"] = image_size
+    config = with_overrides(config, flags)
+    return with_overrides(config, list(overrides))
+
+
+def build_method(name: str | None = None, *, checkpoint: str | Path | None = None, backbone: str | None = None,
+                 weights: str | None = None, image_size: int | None = None,
+                 overrides: list[str] | tuple[str, ...] = (), device: torch.device | None = None) -> Method:
+    """A method on ``device``, from a checkpoint (its saved config, then overrides) or from defaults."""
+    device = device or torch.device("cpu")
+    saved = read_config(checkpoint) if checkpoint else None
+    if saved:
+        if name and name != saved["method"]:
+            raise ConfigError(f"{checkpoint}: checkpoint is for method {saved['method']!r}, not {name!r}")
+        name = saved["method"]
+    if not name:
+        raise ConfigError("give --method NAME or --checkpoint DIR")
+    config = method_config(name, saved["config"] if saved else None, backbone, image_size, overrides)
+    extractor = build_backbone(config.backbone, weights=weights, device=device)
+    method = method_class(name)(extractor, config).to(device)
+    if saved:
+        method.load_method_state_dict(load_tensors(Path(checkpoint) / WEIGHTS, device))
+    method.eval()
+    return method
+
+
+def describe(method: Method) -> dict[str, Any]:
+    return {"method": method.name, "config": to_dict(method.config)}

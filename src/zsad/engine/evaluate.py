@@ -1,0 +1,265 @@
+"""The k-shot evaluation protocol (METHODS.md §1–2).
+
+For every category and every k in ``shots``: for k > 0, k normal references are drawn from the
+category's *train* split for each of ``seeds`` seeds (the draw depends only on seed and category, and
+the drawn paths are recorded); the method prepares its per-category state once per (category, k, seed)
+and predicts every test image in batches; the seven metrics are computed per category. Results are
+averaged over categories per seed, then reported as mean ± std over seeds (population std, ddof=0).
+k = 0 is deterministic and runs once.
+
+The work is a flat list of :class:`Run` s so that it can be sharded across processes
+(:mod:`zsad.engine.distributed`) with results identical to a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zsad import io
+from zsad.data import AnomalyDataset, load_sample
+from zsad.data.types import Record, class_name
+from zsad.errors import ConfigError, DataError
+from zsad.methods.base import Method
+from zsad.metrics import METRIC_KEYS, compute_metrics
+from zsad.runtime import autocast
+
+
+@dataclass
+class EvalConfig:
+    shots: tuple[int, ...] = (0,)
+    seeds: int = 5
+    categories: tuple[str, ...] | None = None
+    batch_size: int = 8
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (category, k, seed) cell of the protocol."""
+
+    category: str
+    shots: int
+    seed: int | None  # None for k = 0
+
+
+@dataclass
+class RunResult:
+    category: str
+    shots: int
+    seed: int | None
+    references: list[str]
+    metrics: dict[str, float]
+    num_images: int
+
+
+@dataclass
+class CategoryPredictions:
+    """Everything one run predicted, for reports: arrays on the CPU, maps at evaluation resolution."""
+
+    run: Run
+    paths: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+    maps: np.ndarray
+    masks: np.ndarray
+    references: list[str] = field(default_factory=list)
+
+
+def plan_runs(dataset: AnomalyDataset, config: EvalConfig, method: type[Method] | Method) -> list[Run]:
+    """Every (category, k, seed) to evaluate, after checking the method supports each k."""
+    categories = list(config.categories) if config.categories else dataset.categories()
+    known = set(dataset.categories())
+    unknown = [c for c in categories if c not in known]
+    if unknown:
+        raise ConfigError(f"{dataset.root}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                          f"{', '.join(unknown)}; available: {', '.join(sorted(known))}")
+    if not config.shots:
+        raise ConfigError("no shot counts given (e.g. --shots 0,1,4)")
+    runs = []
+    for k in sorted(set(config.shots)):
+        if k < 0:
+            raise ConfigError(f"shot count must be >= 0, got {k}")
+        if k == 0 and not method.zero_shot:
+            raise ConfigError(f"method {method.name!r} is few-shot only; use --shots with k >= 1")
+        if k > 0 and not method.few_shot:
+            raise ConfigError(f"method {method.name!r} is zero-shot only; use --shots 0")
+        seeds: Iterable[int | None] = [None] if k == 0 else range(config.seeds)
+        runs += [Run(c, k, s) for c in categories for s in seeds]
+    return sorted(runs, key=lambda r: (r.category, r.shots, -1 if r.seed is None else r.seed))
+
+
+def draw_references(records: list[Record], k: int, seed: int, category: str) -> list[Record]:
+    """k distinct train records chosen by (seed, category) alone, so every method sees the same ones."""
+    if len(records) < k:
+        raise DataError(f"category {category!r} has {len(records)} normal train image(s), fewer than k={k}")
+    rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
+    return [records[i] for i in sorted(rng.choice(len(records), size=k, replace=False))]
+
+
+def load_images(records: list[Record], image_size: int) -> tuple[Tensor, Tensor]:
+    """Decoded images ``[N, 3, S, S]`` uint8 and masks ``[N, S, S]`` bool (kept compact on the CPU)."""
+    samples = [load_sample(r, image_size) for r in records]
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
+    masks = torch.from_numpy(np.stack([s.mask for s in samples]))
+    return images, masks
+
+
+class Evaluator:
+    """Runs :class:`Run` s of one method on one dataset, caching each category's decoded test set."""
+
+    def __init__(self, method: Method, dataset: AnomalyDataset, config: EvalConfig,
+                 progress: Callable[[int], None] | None = None,
+                 on_predictions: Callable[[CategoryPredictions], None] | None = None) -> None:
+        self.method = method
+        self.dataset = dataset
+        self.config = config
+        self.progress = progress
+        self.on_predictions = on_predictions
+        self.image_size = method.config.image_size
+        self._cached: tuple[str, list[Record], Tensor, Tensor] | None = None
+
+    def test_set(self, category: str) -> tuple[list[Record], Tensor, Tensor]:
+        if self._cached is None or self._cached[0] != category:
+            records = self.dataset.records(category, "test")
+            self._cached = (category, records, *load_images(records, self.image_size))
+        return self._cached[1:]
+
+    def references(self, run: Run) -> tuple[list[Record], Tensor | None]:
+        if run.shots == 0:
+            return [], None
+        chosen = draw_references(self.dataset.records(run.category, "train"), run.shots, run.seed, run.category)
+        images, _ = load_images(chosen, self.image_size)
+        return chosen, images.to(self.method.device).float().div_(255)
+
+    @torch.inference_mode()
+    def run(self, run: Run) -> RunResult:
+        records, images, masks = self.test_set(run.category)
+        ref_records, refs = self.references(run)
+        device = self.method.device
+        with autocast(device, self.config.precision):
+            self.method.prepare(class_name(run.category), refs)
+        maps, scores = [], []
+        for start in range(0, len(records), self.config.batch_size):
+            batch = images[start : start + self.config.batch_size].to(device).float().div_(255)
+            with autocast(device, self.config.precision):
+                prediction = self.method.predict(batch)
+            maps.append(prediction.anomaly_map.float().cpu())
+            scores.append(prediction.score.float().cpu())
+            if self.progress:
+                self.progress(len(batch))
+        anomaly_maps = torch.cat(maps).numpy()
+        image_scores = torch.cat(scores).numpy()
+        if anomaly_maps.shape != tuple(masks.shape):
+            raise RuntimeError(f"{self.method.name} returned maps of shape {anomaly_maps.shape}, "
+                               f"expected {tuple(masks.shape)}")
+        labels = np.array([r.label for r in records])
+        has_masks = self.dataset.has_masks(run.category)
+        mask_array = masks.numpy()
+        metrics = compute_metrics(image_scores, labels, anomaly_maps if has_masks else None,
+                                  mask_array if has_masks else None)
+        references = [str(r.image_path) for r in ref_records]
+        if self.on_predictions:
+            self.on_predictions(CategoryPredictions(run, [str(r.image_path) for r in records], labels,
+                                                    image_scores, anomaly_maps, mask_array, references))
+        return RunResult(run.category, run.shots, run.seed, references, metrics, len(records))
+
+    def count_images(self, runs: list[Run]) -> int:
+        return sum(len(self.dataset.records(r.category, "test")) for r in runs)
+
+
+def summarize(results: list[RunResult]) -> dict[str, Any]:
+    """Per k: per-category means over seeds, the mean over categories per seed, mean ± std over seeds."""
+    summary: dict[str, Any] = {}
+    for k in sorted({r.shots for r in results}):
+        cell = [r for r in results if r.shots == k]
+        categories = sorted({r.category for r in cell})
+        seeds = sorted({r.seed for r in cell}, key=lambda s: -1 if s is None else s)
+        per_seed = {
+            str(s): {m: _nanmean([r.metrics[m] for r in cell if r.seed == s]) for m in METRIC_KEYS} for s in seeds
+        }
+        per_category: dict[str, Any] = {}
+        for c in categories:
+            rows = [r.metrics for r in cell if r.category == c]
+            per_category[c] = {
+                "mean": {m: _nanmean([row[m] for row in rows]) for m in METRIC_KEYS},
+                "std": {m: _nanstd([row[m] for row in rows]) for m in METRIC_KEYS},
+            }
+        summary[str(k)] = {
+            "mean": {m: _nanmean([v[m] for v in per_seed.values()]) for m in METRIC_KEYS},
+            "std": {m: _nanstd([v[m] for v in per_seed.values()]) for m in METRIC_KEYS},
+            "per_seed": per_seed,
+            "per_category": per_category,
+            "seeds": [s for s in seeds],
+            "categories": categories,
+        }
+    return summary
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _nanstd(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.std(finite)) if finite else float("nan")
+
+
+def results_document(results: list[RunResult], meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "runs": [asdict(r) for r in results], "summary": summarize(results)}
+
+
+def results_markdown(document: dict[str, Any]) -> str:
+    """A readable table per k: categories × metrics in percent, mean ± std over seeds, then the mean row."""
+    lines = [f"# {document.get('method', '?')} on {document.get('dataset', '?')}", ""]
+    header = "| category | " + " | ".join(METRIC_KEYS) + " |"
+    rule = "|---|" + "---:|" * len(METRIC_KEYS)
+    for k, cell in document["summary"].items():
+        lines += [f"## {k}-shot" + ("" if k == "0" else f" ({len(cell['seeds'])} seeds, mean ± std)"), "", header, rule]
+        for category, stats in cell["per_category"].items():
+            lines.append(f"| {category} | " + " | ".join(_pct(stats["mean"][m], stats["std"][m], k) for m in METRIC_KEYS) + " |")
+        lines.append("| **mean** | " + " | ".join(_pct(cell["mean"][m], cell["std"][m], k) for m in METRIC_KEYS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pct(mean: float, std: float, k: str) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.1f}" if k == "0" else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def write_results(out: str | Path, document: dict[str, Any]) -> None:
+    """``results.json`` (undefined metrics as null, so it stays strict JSON) and ``results.md``."""
+    out = Path(out)
+    io.write_text(out / "results.json", json.dumps(_json_safe(document), indent=2, allow_nan=False))
+    io.write_text(out / "results.md", results_markdown(document))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def evaluate(method: Method, dataset: AnomalyDataset, config: EvalConfig, meta: dict[str, Any] | None = None,
+             progress: Callable[[int], None] | None = None,
+             on_predictions: Callable[[CategoryPredictions], None] | None = None) -> dict[str, Any]:
+    """Run the whole protocol in this process and return the results document."""
+    evaluator = Evaluator(method, dataset, config, progress, on_predictions)
+    results = [evaluator.run(r) for r in plan_runs(dataset, config, method)]
+    return results_document(results, meta or {})

@@ -1,0 +1,216 @@
+"""The generic training loop: any method with a ``training_loss`` trains here.
+
+The engine owns the optimizer, schedule, seeding, precision, logging and checkpoints; the method owns
+its losses. Each epoch is seeded from ``(seed, epoch)`` and the loader's shuffle from the same pair, so a
+run resumed from its last completed epoch (``resume=True``) continues exactly as if never interrupted.
+After every epoch the folder holds a complete checkpoint (see :mod:`zsad.engine.checkpoint`) and one
+JSON line per epoch in ``train_log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from zsad import io
+from zsad.config import from_dict, to_dict
+from zsad.data import make_loader
+from zsad.data.types import Record
+from zsad.engine.checkpoint import (
+    CONFIG,
+    STATE_JSON,
+    STATE_TENSORS,
+    WEIGHTS,
+    flatten_state,
+    load_tensors,
+    read_config,
+    save_checkpoint,
+    save_tensors,
+    unflatten_state,
+)
+from zsad.errors import ConfigError, DataError
+from zsad.methods.base import Method
+from zsad.runtime import autocast, seed_everything
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    scheduler: Literal["none", "multistep", "plateau", "cosine"] = "none"
+    milestones: tuple[int, ...] = ()  # optimizer steps, for "multistep"
+    gamma: float = 0.5
+    plateau_factor: float = 0.8
+    plateau_patience: int = 2
+    grad_clip: float = 0.0  # 0 disables clipping
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    num_workers: int = 0
+    max_steps_per_epoch: int = 0  # 0: the whole epoch
+    split: Literal["train", "test"] = "test"  # auxiliary split trained on
+    normal_only: bool = False  # keep only normal images (self-supervised methods)
+
+
+def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The method's paper defaults, then ``overrides`` (e.g. from CLI flags)."""
+    return from_dict(TrainConfig, {**method_cls.train_defaults, **(overrides or {})})
+
+
+def training_records(datasets: list, config: TrainConfig) -> list[Record]:
+    """Every record of the chosen split of every auxiliary dataset (all categories)."""
+    records = [r for d in datasets for c in d.categories() for r in d.records(c, config.split)]
+    if config.normal_only:
+        records = [r for r in records if r.label == 0]
+    if not records:
+        raise DataError(f"no {'normal ' if config.normal_only else ''}{config.split} images in the training data")
+    return records
+
+
+def _optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    if config.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.plateau_factor,
+                                                          patience=config.plateau_patience)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps_per_epoch))
+    return None
+
+
+class Trainer:
+    """Trains one method on a list of records, checkpointing into ``out`` after every epoch."""
+
+    def __init__(self, method: Method, records: list[Record], config: TrainConfig, out: str | Path,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.method = method
+        self.records = records
+        self.config = config
+        self.out = Path(out)
+        self.on_step = on_step
+        self.meta = meta or {}
+        self.params = [p for p in method.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError(f"method {method.name!r} has no trainable parameters")
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = _optimizer(self.params, config)
+        self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.epoch = 0
+
+    def _steps_per_epoch(self) -> int:
+        steps = len(self.records) // self.config.batch_size
+        if steps == 0:
+            raise DataError(f"{len(self.records)} training images are fewer than one batch of "
+                            f"{self.config.batch_size}; lower --batch-size")
+        return min(steps, self.config.max_steps_per_epoch) if self.config.max_steps_per_epoch else steps
+
+    def loader(self, epoch: int):
+        return make_loader(self.records, self.method.config.image_size, self.config.batch_size, shuffle=True,
+                           seed=self.config.seed * 100_003 + epoch, num_workers=self.config.num_workers,
+                           drop_last=True)
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train the remaining epochs; return one log row per epoch trained now."""
+        rows = []
+        while self.epoch < self.config.epochs:
+            rows.append(self.train_epoch())
+        return rows
+
+    def train_epoch(self) -> dict[str, float]:
+        config, method = self.config, self.method
+        seed_everything(config.seed * 100_003 + self.epoch)
+        method.train()
+        device = method.device
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        steps = 0
+        for batch in self.loader(self.epoch):
+            if steps >= self.steps_per_epoch:
+                break
+            with autocast(device, config.precision):
+                losses = method.training_loss(batch.to(device))
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{method.name}: loss became {loss.item()} at epoch {self.epoch + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
+            self.optimizer.step()
+            method.after_optimizer_step()
+            if isinstance(self.scheduler, (torch.optim.lr_scheduler.MultiStepLR,
+                                           torch.optim.lr_scheduler.CosineAnnealingLR)):
+                self.scheduler.step()
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+            if self.on_step:
+                self.on_step(steps, values)
+        method.eval()
+        row = {k: v / max(steps, 1) for k, v in sums.items()}
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(row["loss"])
+        self.epoch += 1
+        row.update(epoch=self.epoch, steps=steps, lr=self.optimizer.param_groups[0]["lr"],
+                   images_per_s=steps * config.batch_size / max(time.perf_counter() - start, 1e-9))
+        self.save(row)
+        return row
+
+    def save(self, row: dict[str, float]) -> None:
+        """Optimizer/scheduler state, then weights and config (written last): one complete checkpoint."""
+        tensors: dict[str, Tensor] = {}
+        structure = {
+            "optimizer": flatten_state(self.optimizer.state_dict(), "optimizer", tensors),
+            "scheduler": flatten_state(self.scheduler.state_dict(), "scheduler", tensors) if self.scheduler else None,
+            "epoch": self.epoch,
+        }
+        save_tensors(self.out / STATE_TENSORS, tensors)
+        io.write_text(self.out / STATE_JSON, json.dumps(structure))
+        log = self.out / "train_log.jsonl"
+        previous = log.read_text() if log.exists() and self.epoch > 1 else ""
+        io.write_text(log, previous + json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
+        save_checkpoint(self.out, self.method.name, to_dict(self.method.config), self.method.method_state_dict(),
+                        epoch=self.epoch, train=to_dict(self.config), **self.meta)
+
+    def resume(self) -> None:
+        """Continue from the checkpoint in ``out`` (weights, optimizer, schedule, epoch counter)."""
+        saved = read_config(self.out)
+        if saved["method"] != self.method.name:
+            raise ConfigError(f"{self.out}: holds a {saved['method']!r} run, not {self.method.name!r}")
+        state_path = self.out / STATE_JSON
+        if not state_path.is_file():
+            raise ConfigError(f"{self.out}: no training state to resume from ({STATE_JSON} missing)")
+        structure = json.loads(state_path.read_text())
+        if structure["epoch"] != saved.get("epoch"):
+            raise ConfigError(f"{self.out}: checkpoint files disagree on the epoch (interrupted while saving)")
+        device = self.method.device
+        self.method.load_method_state_dict(load_tensors(self.out / WEIGHTS, device))
+        tensors = load_tensors(self.out / STATE_TENSORS)  # the optimizer moves its state to the params
+        self.optimizer.load_state_dict(unflatten_state(structure["optimizer"], tensors))
+        if self.scheduler is not None and structure["scheduler"] is not None:
+            self.scheduler.load_state_dict(unflatten_state(structure["scheduler"], tensors))
+        self.epoch = structure["epoch"]
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def has_checkpoint(out: str | Path) -> bool:
+    return (Path(out) / CONFIG).is_file()
