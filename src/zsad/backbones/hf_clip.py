@@ -1,0 +1,126 @@
+"""CLIP through Hugging Face ``transformers``: the vision tower as a feature extractor, the text tower as
+a text encoder with hooks for learnable prompts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedTokenizerBase
+from transformers.masking_utils import create_causal_mask
+
+from zsad.backbones.base import TextEncoder
+from zsad.backbones.vit import ViTExtractor
+from zsad.errors import ConfigError, DataError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CLIPTextEncoder(TextEncoder):
+    """CLIP's text transformer plus its projection, run layer by layer so prompts can be injected."""
+
+    def __init__(self, model: CLIPTextModel, projection: nn.Linear, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("the CLIP tokenizer has no end-of-text token")
+        self.model = model
+        self.projection = projection
+        self.tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+        self.embed_dim = projection.out_features
+        self.width = model.config.hidden_size
+        self.context_length = model.config.max_position_embeddings
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> CLIPTextEncoder:
+        """Always eval: the tower is frozen."""
+        return super().train(False)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.embeddings.token_embedding
+
+    def tokenize(self, texts: list[str]) -> Tensor:
+        """Ids ``[T, context_length]`` on the encoder's device. Over-long sentences are cut and still end
+        with the end-of-text token, as OpenAI's ``clip.tokenize(truncate=True)`` does."""
+        ids = self.tokenizer(list(texts), padding="max_length", max_length=self.context_length, truncation=True,
+                             return_tensors="pt")["input_ids"]
+        ended = (ids == self.eos_token_id).any(dim=1)
+        ids[~ended, -1] = self.eos_token_id
+        return ids.to(self.token_embedding.weight.device)
+
+    def encode(self, texts: list[str]) -> Tensor:
+        return self.encode_tokens(self.tokenize(texts))
+
+    def encode_tokens(self, token_ids: Tensor, token_embeddings: Tensor | None = None,
+                      deep_prompts: list[Tensor | None] | None = None) -> Tensor:
+        """Projected, unnormalised embeddings ``[T, D]`` of the end-of-text tokens.
+
+        ``token_embeddings`` ``[T, L, width]`` replaces the looked-up input embeddings (learnable context;
+        position embeddings are still added). ``deep_prompts[i - 1]`` (``[n, width]`` or ``[T, n, width]``)
+        replaces the ``n`` tokens right after the start token in the residual stream after block ``i``,
+        for ``i = 1 .. len(deep_prompts)`` (None leaves a block alone): AnomalyCLIP's prompts in blocks
+        2..9 are ``deep_prompts`` of length 8. The end-of-text position is the first ``eos`` id.
+        """
+        if token_ids.ndim != 2 or token_ids.shape[1] > self.context_length:
+            raise DataError(f"token ids must be [T, <= {self.context_length}]; got {list(token_ids.shape)}")
+        if deep_prompts is not None and len(deep_prompts) > len(self.model.encoder.layers):
+            raise ConfigError(f"{len(deep_prompts)} deep prompts for {len(self.model.encoder.layers)} text blocks")
+        if token_embeddings is None:
+            hidden = self.model.embeddings(input_ids=token_ids)
+        else:
+            hidden = self.model.embeddings(inputs_embeds=token_embeddings)
+        mask = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=None,
+                                  past_key_values=None)
+        for i, layer in enumerate(self.model.encoder.layers, start=1):
+            hidden = layer(hidden, mask, is_causal=True)
+            prompt = deep_prompts[i - 1] if deep_prompts is not None and i <= len(deep_prompts) else None
+            if prompt is not None:
+                prompt = prompt.expand(hidden.shape[0], -1, -1) if prompt.ndim == 2 else prompt
+                hidden = torch.cat([hidden[:, :1], prompt.to(hidden.dtype), hidden[:, 1 + prompt.shape[1]:]], dim=1)
+        eot = (token_ids == self.eos_token_id).int().argmax(dim=-1).to(hidden.device)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot]
+        return self.projection(self.model.final_layer_norm(pooled))
+
+
+class CLIPExtractor(ViTExtractor):
+    """CLIP's vision tower. Tokens are pre-``post_layernorm``; :meth:`project` maps them to the joint space."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, name: str, vision: CLIPVisionModel, projection: nn.Linear, text: CLIPTextEncoder,
+                 image_size: int) -> None:
+        config = vision.config
+        super().__init__(name, image_size=image_size, patch_size=config.patch_size, width=config.hidden_size,
+                         num_layers=config.num_hidden_layers, mean=OPENAI_MEAN, std=OPENAI_STD)
+        self.vision = vision
+        self.projection = projection
+        self.text_encoder = text
+        self.embed_dim = projection.out_features
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def text(self) -> CLIPTextEncoder:
+        return self.text_encoder
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.vision.encoder.layers
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """Tokens ``[..., C]`` into the joint image-text space: ``visual_projection(post_layernorm(x))``."""
+        return self.projection(self.vision.post_layernorm(tokens))
+
+    def _embed(self, pixels: Tensor) -> Tensor:
+        # Interpolating is a no-op at the pretraining size and bicubic on the position grid otherwise.
+        return self.vision.pre_layrnorm(self.vision.embeddings(pixels, interpolate_pos_encoding=True))
+
+    def _block_kwargs(self, grid: tuple[int, int], hidden: Tensor) -> dict[str, Any]:
+        return {"attention_mask": None}
+
+    def _global_embedding(self, cls_token: Tensor) -> Tensor:
+        return self.project(cls_token)
