@@ -14,7 +14,7 @@ import sys
 from zsad import __version__
 from zsad.errors import ZsadError
 
-COMMANDS = ("datasets", "synth", "methods", "train", "eval")
+COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,32 @@
+"""``zsad backbones``: the registered backbones, their hub ids, default input sizes and local availability."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backbones", help="list the available backbones")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from huggingface_hub import try_to_load_from_cache
+    from rich.console import Console
+    from rich.table import Table
+
+    from zsad.backbones import BACKBONES
+
+    table = Table(title="backbones")
+    for column in ("name", "family", "hub id", "size", "patch", "width", "blocks", "in HF cache", "summary"):
+        table.add_column(column)
+    for spec in BACKBONES.values():
+        if spec.builtin:
+            hub_id, cached = "(built in)", "-"
+        else:
+            hub_id = spec.hub_id
+            cached = "yes" if isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str) else "no"
+        table.add_row(spec.name, spec.family, hub_id, str(spec.image_size), str(spec.patch_size), str(spec.width),
+                      str(spec.num_layers), cached, spec.summary)
+    Console().print(table)
+    return 0

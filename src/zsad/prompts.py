@@ -1,0 +1,98 @@
+"""Text anchors: a normal and an anomalous direction in CLIP's joint space for one class name.
+
+Each state phrase (``"flawless {}"``, ``"{} with defect"``) is put into each template (``"a photo of a
+{}."``); every sentence is encoded and L2-normalised, the sentences of a state are averaged, and the mean
+is normalised again (METHODS.md §2). Anchors are computed once per (text encoder, class name, prompt set,
+device) and cached, because methods ask for them for every category and often for every batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zsad.backbones.base import TextEncoder
+
+State = Literal["normal", "anomalous"]
+DEFAULT_CLASS_NAME = "object"
+_BATCH = 128  # sentences per text-encoder call: bounds activation memory of the large towers
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """State phrases (with ``{}`` for the class name) and sentence templates (with ``{}`` for a phrase)."""
+
+    normal_states: tuple[str, ...]
+    anomalous_states: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+# The WinCLIP ensemble (as used by WinCLIP and APRIL-GAN): 7 normal and 5 anomalous states in the 35
+# CLIP templates, 245 + 175 sentences.
+WINCLIP = PromptSet(
+    normal_states=("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+                   "{} without damage"),
+    anomalous_states=("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"),
+    templates=(
+        "a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
+        "a cropped photo of the {}.", "a bright photo of a {}.", "a dark photo of the {}.", "a photo of my {}.",
+        "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
+        "a bright photo of the {}.", "a cropped photo of a {}.", "a jpeg corrupted photo of a {}.",
+        "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a photo of one {}.",
+        "a close-up photo of the {}.", "a photo of a {}.", "a low resolution photo of a {}.",
+        "a photo of a large {}.", "a blurry photo of a {}.", "a jpeg corrupted photo of the {}.",
+        "a good photo of a {}.", "a photo of the small {}.", "a photo of the large {}.",
+        "a black and white photo of a {}.", "a dark photo of a {}.", "a photo of a cool {}.",
+        "a photo of a small {}.", "there is a {} in the scene.", "there is the {} in the scene.",
+        "this is a {} in the scene.", "this is the {} in the scene.", "this is one {} in the scene.",
+    ),
+)
+
+# MoECLIP's smaller set (METHODS.md §4).
+MOECLIP = PromptSet(
+    normal_states=("{}", "a {}", "the {}"),
+    anomalous_states=("a damaged {}", "a broken {}", "a {} with flaw", "a {} with defect", "a {} with damage"),
+    templates=("{}.", "a photo of {}."),
+)
+
+
+def clean_class_name(class_name: str) -> str:
+    """Folder-style names read as words (``metal_nut`` -> ``metal nut``); an empty name is ``object``."""
+    return " ".join(class_name.replace("_", " ").split()) or DEFAULT_CLASS_NAME
+
+
+def sentences(prompt_set: PromptSet, class_name: str, state: State) -> list[str]:
+    """Every sentence of one state: each phrase in each template, phrases outermost."""
+    phrases = {"normal": prompt_set.normal_states, "anomalous": prompt_set.anomalous_states}[state]
+    name = clean_class_name(class_name)
+    return [template.format(phrase.format(name)) for phrase in phrases for template in prompt_set.templates]
+
+
+_cache: weakref.WeakKeyDictionary[TextEncoder, dict[tuple, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def text_anchors(text_encoder: TextEncoder, class_name: str, prompt_set: PromptSet = WINCLIP) -> Tensor:
+    """Unit-norm anchors ``[2, D]`` (normal, anomalous) on the encoder's device, in float32, cached."""
+    device = text_encoder.token_embedding.weight.device
+    key = (clean_class_name(class_name), prompt_set, device)
+    cached = _cache.setdefault(text_encoder, {})
+    if key not in cached:
+        cached[key] = _compute_anchors(text_encoder, class_name, prompt_set, device)
+    return cached[key]
+
+
+@torch.no_grad()
+def _compute_anchors(text_encoder: TextEncoder, class_name: str, prompt_set: PromptSet,
+                     device: torch.device) -> Tensor:
+    anchors = []
+    with torch.autocast(device.type, enabled=False):  # anchors are shared state: always full precision
+        for state in ("normal", "anomalous"):
+            texts = sentences(prompt_set, class_name, state)
+            embeddings = torch.cat([text_encoder.encode(texts[i:i + _BATCH]) for i in range(0, len(texts), _BATCH)])
+            anchors.append(F.normalize(F.normalize(embeddings.float(), dim=-1).mean(dim=0), dim=-1))
+    return torch.stack(anchors)
