@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedTokenizerBase
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
 
 from zsad.backbones.base import TextEncoder
@@ -16,6 +16,12 @@ from zsad.errors import ConfigError, DataError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CLIPTextTower(CLIPTextModelWithProjection):
+    """The text half of a full CLIP checkpoint; the vision half's tensors are expected there, and skipped."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$"]
 
 
 class CLIPTextEncoder(TextEncoder):
@@ -69,10 +75,17 @@ class CLIPTextEncoder(TextEncoder):
             raise DataError(f"token ids must be [T, <= {self.context_length}]; got {list(token_ids.shape)}")
         if deep_prompts is not None and len(deep_prompts) > len(self.model.encoder.layers):
             raise ConfigError(f"{len(deep_prompts)} deep prompts for {len(self.model.encoder.layers)} text blocks")
+        is_eot = token_ids == self.eos_token_id
+        if not bool(is_eot.any(dim=1).all()):
+            raise DataError("every row of token ids needs an end-of-text token (use tokenize)")
+        eot = is_eot.int().argmax(dim=-1)
+        # Attention is causal, so positions after the last end-of-text token cannot matter: drop them.
+        length = int(eot.max()) + 1
+        token_ids = token_ids[:, :length]
         if token_embeddings is None:
             hidden = self.model.embeddings(input_ids=token_ids)
         else:
-            hidden = self.model.embeddings(inputs_embeds=token_embeddings)
+            hidden = self.model.embeddings(inputs_embeds=token_embeddings[:, :length])
         mask = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=None,
                                   past_key_values=None)
         for i, layer in enumerate(self.model.encoder.layers, start=1):
@@ -80,9 +93,10 @@ class CLIPTextEncoder(TextEncoder):
             prompt = deep_prompts[i - 1] if deep_prompts is not None and i <= len(deep_prompts) else None
             if prompt is not None:
                 prompt = prompt.expand(hidden.shape[0], -1, -1) if prompt.ndim == 2 else prompt
+                if 1 + prompt.shape[1] >= length:
+                    raise ConfigError(f"{prompt.shape[1]} deep prompt tokens do not fit before the end-of-text token")
                 hidden = torch.cat([hidden[:, :1], prompt.to(hidden.dtype), hidden[:, 1 + prompt.shape[1]:]], dim=1)
-        eot = (token_ids == self.eos_token_id).int().argmax(dim=-1).to(hidden.device)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot]
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot.to(hidden.device)]
         return self.projection(self.model.final_layer_norm(pooled))
 
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import CLIPModel, CLIPTextModelWithProjection, Dinov2Model, DINOv3ViTModel
+from transformers import CLIPModel, Dinov2Model, DINOv3ViTModel
 
 from zsad.backbones import tiny
 from zsad.backbones.base import FeatureExtractor
-from zsad.backbones.hf_clip import CLIPExtractor, CLIPTextEncoder
+from zsad.backbones.hf_clip import CLIPExtractor, CLIPTextEncoder, CLIPTextTower
 from zsad.backbones.hf_dino import DinoExtractor
 from zsad.backbones.weights import load_config, load_model, load_tokenizer, resolve_source
 from zsad.errors import ConfigError
@@ -94,8 +94,10 @@ def build_text_encoder(name: str, weights: str | None = None,
         text_model, projection = model.text_model, model.text_projection
     else:
         source = resolve_source(weights or spec.hub_id)
-        load_config(source, "clip", name)
-        model = load_model(CLIPTextModelWithProjection, source, name)
+        config = load_config(source, "clip", name)
+        text_config = config.text_config
+        text_config.projection_dim = config.projection_dim  # the joint size lives on the outer config
+        model = load_model(CLIPTextTower, source, name, text_config)
         text_model, projection = model.text_model, model.text_projection
     return CLIPTextEncoder(text_model, projection, _clip_tokenizer(spec, weights)).to(_device(device))
 

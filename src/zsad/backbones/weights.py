@@ -58,12 +58,15 @@ def load_model(model_class: type[PreTrainedModel], source: str, name: str,
                config: PretrainedConfig | None = None) -> PreTrainedModel:
     """``model_class`` from ``source`` in float32 (autocast decides precision later), in eval mode."""
     try:
-        model = model_class.from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True,
-                                            local_files_only=not downloads_allowed())
+        model, info = model_class.from_pretrained(source, config=config, dtype=torch.float32, use_safetensors=True,
+                                                  local_files_only=not downloads_allowed(), output_loading_info=True)
     except OSError as err:
         raise _missing(name, source, err) from None
     except (ValueError, RuntimeError) as err:
         raise WeightsNotFoundError(f"weights {source} for {name} could not be loaded: {_first_line(err)}") from None
+    if info["missing_keys"]:  # transformers would silently leave these randomly initialised
+        missing = sorted(info["missing_keys"])
+        raise WeightsNotFoundError(f"weights {source} for {name} lack {len(missing)} tensors, e.g. {missing[0]}")
     return model.eval()
 
 
