@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -42,7 +42,7 @@ def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Te
         raise ConfigError(f"{path}: checkpoint file not found")
     try:
         return load_file(str(path), device=str(device))
-    except (SafetensorsError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise ConfigError(f"{path}: not a readable safetensors file ({err})") from None
 
 

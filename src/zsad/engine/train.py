@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from torch import Tensor
 from zsad import io
 from zsad.config import from_dict, to_dict
 from zsad.data import make_loader
-from zsad.data.types import Record
+from zsad.data.types import Batch, Record
 from zsad.engine.checkpoint import (
     CONFIG,
     STATE_JSON,
@@ -36,6 +37,7 @@ from zsad.engine.checkpoint import (
     save_tensors,
     unflatten_state,
 )
+from zsad.engine.feature_cache import FeatureCache
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.runtime import autocast, seed_everything
@@ -60,6 +62,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0: the whole epoch
     split: Literal["train", "test"] = "test"  # auxiliary split trained on
     normal_only: bool = False  # keep only normal images (self-supervised methods)
+    feature_cache: str = "auto"  # folder for cached frozen features; "auto": $ZSAD_CACHE or ~/.cache/zsad; "off"
 
 
 def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -75,6 +78,14 @@ def training_records(datasets: list, config: TrainConfig) -> list[Record]:
     if not records:
         raise DataError(f"no {'normal ' if config.normal_only else ''}{config.split} images in the training data")
     return records
+
+
+def feature_cache_dir(config: TrainConfig) -> Path | None:
+    if config.feature_cache == "off":
+        return None
+    if config.feature_cache != "auto":
+        return Path(config.feature_cache)
+    return Path(os.environ.get("ZSAD_CACHE", Path.home() / ".cache" / "zsad")) / "features"
 
 
 def _optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
@@ -108,6 +119,7 @@ class Trainer:
         if not self.params:
             raise ConfigError(f"method {method.name!r} has no trainable parameters")
         self.steps_per_epoch = self._steps_per_epoch()
+        self.cache = self._feature_cache()
         self.optimizer = _optimizer(self.params, config)
         self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
         self.epoch = 0
@@ -119,10 +131,26 @@ class Trainer:
                             f"{self.config.batch_size}; lower --batch-size")
         return min(steps, self.config.max_steps_per_epoch) if self.config.max_steps_per_epoch else steps
 
-    def loader(self, epoch: int):
-        return make_loader(self.records, self.method.config.image_size, self.config.batch_size, shuffle=True,
-                           seed=self.config.seed * 100_003 + epoch, num_workers=self.config.num_workers,
-                           drop_last=True)
+    def _feature_cache(self) -> FeatureCache | None:
+        """A cache when the method's training reads only frozen features (see zsad.engine.feature_cache)."""
+        directory = feature_cache_dir(self.config)
+        if directory is None or type(self.method).frozen_features is Method.frozen_features:
+            return None
+        return FeatureCache(self.method, self.records, directory, weights=self.meta.get("weights"),
+                            batch_size=self.config.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[tuple[Batch, dict[str, Tensor] | None]]:
+        """This epoch's shuffled ``(batch, cached features or None)``, the order fixed by (seed, epoch)."""
+        seed = self.config.seed * 100_003 + epoch
+        if self.cache is not None:
+            if not self.cache.arrays:
+                self.cache.build()
+            yield from self.cache.loader(self.config.batch_size, seed)
+            return
+        loader = make_loader(self.records, self.method.config.image_size, self.config.batch_size, shuffle=True,
+                             seed=seed, num_workers=self.config.num_workers, drop_last=True)
+        for batch in loader:
+            yield batch, None
 
     def fit(self) -> list[dict[str, float]]:
         """Train the remaining epochs; return one log row per epoch trained now."""
@@ -139,11 +167,13 @@ class Trainer:
         sums: dict[str, float] = {}
         start = time.perf_counter()
         steps = 0
-        for batch in self.loader(self.epoch):
+        for batch, features in self.batches(self.epoch):
             if steps >= self.steps_per_epoch:
                 break
+            if features is not None:
+                features = {k: v.to(device, non_blocking=True) for k, v in features.items()}
             with autocast(device, config.precision):
-                losses = method.training_loss(batch.to(device))
+                losses = method.training_loss(batch.to(device), features)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{method.name}: loss became {loss.item()} at epoch {self.epoch + 1}")

@@ -63,9 +63,25 @@ class Method(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def training_loss(self, batch: Batch) -> dict[str, Tensor]:
-        """``{"loss": total, <part>: value, ...}`` for one batch; trainable methods only."""
+    def training_loss(self, batch: Batch, features: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``{"loss": total, <part>: value, ...}`` for one batch; trainable methods only.
+
+        ``features`` is what :meth:`frozen_features` returned for these images, read from the feature cache;
+        when None, the method computes them from ``batch.images``.
+        """
         raise ConfigError(f"method {self.name!r} has nothing to train")
+
+    def frozen_features(self, images: Tensor) -> dict[str, Tensor] | None:
+        """Backbone outputs that training never changes, ``{name: [B, ...]}``, so the trainer may cache them.
+
+        Return None (the default) when training needs live images: augmentation, synthesis, or trainable
+        parts inside the vision tower.
+        """
+        return None
+
+    def frozen_features_key(self) -> str:
+        """Anything besides backbone, weights, size and layers that changes :meth:`frozen_features`."""
+        return ""
 
     def after_optimizer_step(self) -> None:
         """Called after every optimizer step (e.g. to renormalise a dictionary or update an EMA)."""

@@ -1,0 +1,99 @@
+"""Seconds per image of every registered method, as a ratio to the bare backbone forward in the same run.
+
+Each method is built untrained on the chosen backbone, prepared for one category (k references for
+few-shot methods, text only for zero-shot ones), and timed on the same batch of random images as a
+plain ``backbone(images, layers)`` call. Training throughput (images/s) is measured for trainable
+methods on random images with random masks. Ratios, not absolute times, are what carry over between
+machines.
+
+    python benchmarks/methods.py [--backbone clip-tiny] [--image-size 224] [--shots 4] [--methods knn,dictas]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from zsad.data.types import Batch
+from zsad.engine.build import build_method
+from zsad.methods import available_methods
+from zsad.runtime import autocast, pick_device
+
+
+def _timed(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _training_images_per_s(method, images: torch.Tensor, device: torch.device, steps: int, precision: str) -> float:
+    masks = torch.zeros(images.shape[0], *images.shape[-2:], device=device)
+    masks[:, : images.shape[-2] // 4, : images.shape[-1] // 4] = 1
+    labels = torch.ones(images.shape[0], dtype=torch.long, device=device)
+    batch = Batch(images, masks, labels, ["object"] * len(images), ["synthetic"] * len(images), [""] * len(images))
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-5)
+    method.train()
+
+    def step() -> None:
+        with autocast(device, precision):
+            loss = method.training_loss(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step()
+
+    seconds = _timed(step, device, steps)
+    method.eval()
+    return images.shape[0] / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="clip-tiny")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    references = torch.rand(args.shots, 3, args.image_size, args.image_size, device=device)
+    names = [n for n in args.methods.split(",") if n] or list(available_methods())
+    print(f"device {device}, backbone {args.backbone}, {args.image_size} px, batch {args.batch_size}, "
+          f"{args.shots} shots, {args.precision}")
+    print(f"{'method':<14}{'ms/image':>10}{'backbone ms/image':>19}{'ratio':>8}{'train img/s':>13}")
+    for name in names:
+        method = build_method(name, backbone=args.backbone, image_size=args.image_size, device=device)
+        layers = method.layers
+        with torch.inference_mode(), autocast(device, args.precision):
+            method.prepare("object", references if method.few_shot else None)
+            backbone_s = _timed(lambda: method.backbone(images, layers), device, args.repeats)
+            method_s = _timed(lambda: method.predict(images), device, args.repeats)
+        train = ""
+        if method.trainable:
+            train = f"{_training_images_per_s(method, images, device, args.repeats, args.precision):.1f}"
+        per_image = 1000 / args.batch_size
+        print(f"{name:<14}{method_s * per_image:>10.2f}{backbone_s * per_image:>19.2f}"
+              f"{method_s / backbone_s:>8.2f}{train:>13}")
+
+
+if __name__ == "__main__":
+    main()
