@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -72,21 +73,25 @@ def rank(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = No
 
 
 def _negatives_at_or_above(negatives: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of ``negatives >= t`` and ``> t`` for each threshold; sorts ``negatives`` in place."""
-    ascending = thresholds[::-1]
+    """Counts of ``negatives >= t`` and ``> t`` for descending thresholds; sorts ``negatives`` in place."""
+    ascending = np.ascontiguousarray(thresholds[::-1])
     chunks = [negatives[i : i + _CHUNK] for i in range(0, negatives.size, _CHUNK)]
     at_or_above = np.zeros(thresholds.size, dtype=np.int64)
     above = np.zeros(thresholds.size, dtype=np.int64)
     with ThreadPoolExecutor(max_workers=max(1, min(len(chunks), _cpu_count()))) as pool:
-        for chunk in pool.map(_sorted_in_place, chunks):
-            at_or_above += chunk.size - np.searchsorted(chunk, ascending, side="left")[::-1]
-            above += chunk.size - np.searchsorted(chunk, ascending, side="right")[::-1]
-    return at_or_above, above
+        for chunk_at_or_above, chunk_above in pool.map(partial(_count_in_chunk, ascending=ascending), chunks):
+            at_or_above += chunk_at_or_above
+            above += chunk_above
+    return at_or_above[::-1], above[::-1]
 
 
-def _sorted_in_place(chunk: np.ndarray) -> np.ndarray:
+def _count_in_chunk(chunk: np.ndarray, ascending: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of ``chunk >= t`` and ``> t`` for ascending thresholds ``t``; sorts ``chunk`` in place."""
     chunk.sort()
-    return chunk
+    return (
+        chunk.size - np.searchsorted(chunk, ascending, side="left"),
+        chunk.size - np.searchsorted(chunk, ascending, side="right"),
+    )
 
 
 def _cpu_count() -> int:
