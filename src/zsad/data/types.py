@@ -57,6 +57,12 @@ class Batch:
             labels=self.labels.to(device, non_blocking=True),
         )
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copy, called by ``DataLoader(pin_memory=True)`` so ``to(cuda)`` can be asynchronous."""
+        return replace(
+            self, images=self.images.pin_memory(), masks=self.masks.pin_memory(), labels=self.labels.pin_memory()
+        )
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
