@@ -63,7 +63,13 @@ class CLIPTextEncoder(TextEncoder):
 
     def encode_tokens(self, token_ids: Tensor, token_embeddings: Tensor | None = None,
                       deep_prompts: list[Tensor | None] | None = None) -> Tensor:
-        """Projected, unnormalised embeddings ``[T, D]`` of the end-of-text tokens.
+        """Projected, unnormalised embeddings ``[T, D]`` of the end-of-text tokens (see :meth:`eot_features`)."""
+        return self.projection(self.eot_features(token_ids, token_embeddings, deep_prompts))
+
+    def eot_features(self, token_ids: Tensor, token_embeddings: Tensor | None = None,
+                     deep_prompts: list[Tensor | None] | None = None) -> Tensor:
+        """End-of-text tokens after the final LayerNorm, ``[T, width]``: what the text projection maps to
+        the joint space, for methods that learn their own projection (MoECLIP's text adapter).
 
         ``token_embeddings`` ``[T, L, width]`` replaces the looked-up input embeddings (learnable context;
         position embeddings are still added). ``deep_prompts[i - 1]`` (``[n, width]`` or ``[T, n, width]``)
@@ -97,7 +103,7 @@ class CLIPTextEncoder(TextEncoder):
                     raise ConfigError(f"{prompt.shape[1]} deep prompt tokens do not fit before the end-of-text token")
                 hidden = torch.cat([hidden[:, :1], prompt.to(hidden.dtype), hidden[:, 1 + prompt.shape[1]:]], dim=1)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot.to(hidden.device)]
-        return self.projection(self.model.final_layer_norm(pooled))
+        return self.model.final_layer_norm(pooled)
 
 
 class CLIPExtractor(ViTExtractor):
