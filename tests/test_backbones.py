@@ -79,7 +79,7 @@ def test_clip_layers_match_hf_hidden_states(clip, size):
         reference.vision_model.post_layernorm(out.hidden_states[3][:, 0])))
 
 
-@pytest.mark.parametrize("size", [224, 320, (160, 224)])
+@pytest.mark.parametrize("size", [224, 128, (96, 160)])
 def test_dinov3_drops_registers_and_matches_hf(dino, size):
     x = images(size)
     reference = tiny.tiny_dino()
@@ -195,7 +195,7 @@ class Scale(nn.Module):
 @pytest.mark.parametrize("name", ["clip-tiny", "dino-tiny"])
 def test_adapter_feeds_next_block_and_gets_gradients(name):
     extractor = build_backbone(name)
-    x = images()
+    x = images(128)
     with torch.no_grad():
         plain = extractor(x, [1, 2, 3, 4])
     adapter = Scale(extractor.width)
@@ -213,7 +213,7 @@ def test_adapter_feeds_next_block_and_gets_gradients(name):
         torch.testing.assert_close(extractor(x, [4]).patch_tokens[0], plain.patch_tokens[3])
 
 
-@pytest.mark.parametrize("name, size", [("clip-tiny", (224, 288)), ("dino-tiny", (224, 288)), ("dino-tiny", 256)])
+@pytest.mark.parametrize("name, size", [("clip-tiny", (128, 160)), ("dino-tiny", (128, 160)), ("dino-tiny", 128)])
 def test_custom_path_reproduces_forward(name, size):
     extractor = build_backbone(name)
     x = images(size)
@@ -292,3 +292,34 @@ def test_text_matches_hf_and_trims_padding(clip):
         torch.testing.assert_close(clip.text.encode_tokens(ids), reference.get_text_features(input_ids=ids).pooler_output)
     with pytest.raises(DataError, match="end-of-text"):
         clip.text.encode_tokens(torch.zeros(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name, legacy", [
+    # The hub's facebook/dinov2-large predates transformers 5's attention names.
+    ("dinov2-vit-l14", {".attention.q_proj.": ".attention.attention.query.", ".attention.k_proj.":
+                        ".attention.attention.key.", ".attention.v_proj.": ".attention.attention.value.",
+                        ".attention.o_proj.": ".attention.output.dense."}),
+    # The hub's DINOv3 checkpoints keep their blocks at the top level.
+    ("dinov3-vit-l16", {"model.layer.": "layer."}),
+])
+def test_hub_checkpoint_layouts_load(tmp_path, name, legacy):
+    from safetensors.torch import save_file
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    if name == "dinov2-vit-l14":
+        reference = Dinov2Model(Dinov2Config(patch_size=14, image_size=28, **small)).eval()
+    else:
+        reference = DINOv3ViTModel(DINOv3ViTConfig(patch_size=16, num_register_tokens=2, **small)).eval()
+    reference.config.save_pretrained(tmp_path)
+    state = {}
+    for key, value in reference.state_dict().items():
+        for new, old in legacy.items():
+            key = key.replace(new, old)
+        state[key] = value.contiguous()
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    extractor = build_backbone(name, weights=str(tmp_path))
+    x = images(reference.config.patch_size * 4)
+    with torch.no_grad():
+        expected = reference(pixel_values=extractor.normalize(x)).pooler_output
+        torch.testing.assert_close(extractor(x, [2]).global_embedding, expected)

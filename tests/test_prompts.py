@@ -57,9 +57,9 @@ def test_anchors_are_cached_per_class_and_prompt_set(text, monkeypatch):
     assert text_anchors(text, "cable") is first
     assert text_anchors(text, "cable", WINCLIP) is first
     assert calls == []
-    other = text_anchors(text, "transistor")
-    assert sum(calls) == 245 + 175 and not torch.allclose(other, first)
-    assert text_anchors(text, "") is text_anchors(text, "object")
+    other = text_anchors(text, "transistor", MOECLIP)
+    assert sum(calls) == 6 + 10 and not torch.allclose(other, first)
+    assert text_anchors(text, "", MOECLIP) is text_anchors(text, "object", MOECLIP)
 
 
 def test_anchors_are_full_precision_under_autocast(text):

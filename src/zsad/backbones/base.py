@@ -85,6 +85,26 @@ class FeatureExtractor(nn.Module):
         """The paired text tower (CLIP), or None for vision-only models (DINO)."""
         return None
 
+    # Hooks for methods that change the vision tower (see zsad.backbones.vit for how to use them).
+    num_prefix_tokens: int  # class token plus register tokens in front of the patch tokens
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer layer modules; block ``i`` (1-indexed) is ``blocks[i - 1]``."""
+        raise NotImplementedError
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Images in [0, 1] to the input of block 1, ``[B, T, C]`` with the prefix tokens first."""
+        raise NotImplementedError
+
+    def run_block(self, block: int, hidden: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """Block ``block`` (1-indexed) and its adapter on the residual stream ``[B, T, C]``."""
+        raise NotImplementedError
+
+    def set_block_adapter(self, block: int, adapter: nn.Module | None) -> None:
+        """Apply ``adapter`` to the residual stream after ``block``; None removes it."""
+        raise NotImplementedError
+
     def project(self, tokens: Tensor) -> Tensor:
         """CLIP only: tokens ``[..., C]`` into the joint space (post_layernorm + visual_projection)."""
         raise NotImplementedError(f"{self.name} has no joint image-text space")

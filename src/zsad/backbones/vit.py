@@ -41,8 +41,6 @@ from zsad.errors import ConfigError, DataError
 class ViTExtractor(FeatureExtractor):
     """A frozen HF vision transformer run block by block. Subclasses provide the family's pieces."""
 
-    num_prefix_tokens: int  # class token plus register tokens, in front of the patch tokens
-
     def __init__(self, name: str, image_size: int, patch_size: int, width: int, num_layers: int,
                  mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
         super().__init__()
@@ -58,12 +56,7 @@ class ViTExtractor(FeatureExtractor):
         self.register_buffer("_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._adapters: dict[int, nn.Module] = {}  # a plain dict: adapters belong to the method
 
-    # --- what each family provides -------------------------------------------------------------------
-    @property
-    def blocks(self) -> nn.ModuleList:
-        """The HF transformer layer modules, block ``i`` (1-indexed) at ``blocks[i - 1]``."""
-        raise NotImplementedError
-
+    # --- what each family provides, besides ``blocks`` and ``num_prefix_tokens`` ------------------------
     def _embed(self, pixels: Tensor) -> Tensor:
         """Normalised pixels ``[B, 3, H, W]`` to the input of block 1, ``[B, T, C]``."""
         raise NotImplementedError

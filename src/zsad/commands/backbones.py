@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
     from zsad.backbones import BACKBONES
 
     table = Table(title="backbones")
-    for column in ("name", "family", "hub id", "size", "patch", "width", "blocks", "in HF cache", "summary"):
+    for column in ("name", "family", "hub id"):
+        table.add_column(column, no_wrap=True)
+    for column in ("size", "patch", "width", "blocks", "cached", "summary"):
         table.add_column(column)
     for spec in BACKBONES.values():
         if spec.builtin:

@@ -1,0 +1,91 @@
+"""Throughput and peak memory of every registry backbone at its default input size, fp32 vs bf16 autocast.
+
+Models whose weights are not on this machine are listed as skipped. Run:
+``python benchmarks/backbones.py [--device cuda] [--batch 8] [--names clip-tiny dino-tiny]``.
+On CUDA the memory column is the peak allocated by torch during the run; on CPU it is the process's peak
+resident set so far (a running maximum, so only its growth between rows says something).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import torch
+
+from zsad.backbones import BACKBONES, build_backbone
+from zsad.errors import WeightsNotFoundError
+from zsad.prompts import text_anchors
+from zsad.runtime import autocast, pick_device
+
+
+def images_per_second(extractor, images: torch.Tensor, precision: str, iters: int) -> tuple[float, float]:
+    """(images/s, peak MiB) of ``extractor`` on ``images`` at ``precision``, after one warm-up call."""
+    device = images.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), autocast(device, precision):
+        extractor(images, extractor.default_layers)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            extractor(images, extractor.default_layers)
+        _sync(device)
+    elapsed = time.perf_counter() - start
+    return iters * images.shape[0] / elapsed, _peak_mib(device)
+
+
+def anchor_seconds(extractor) -> float:
+    """Seconds to build the WinCLIP anchors (420 sentences) of one class, uncached."""
+    start = time.perf_counter()
+    text_anchors(extractor.text, f"class {time.perf_counter_ns()}")  # a fresh name: no cache hit
+    _sync(next(extractor.parameters()).device)
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--names", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--device", default=None, help="default: the best available")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=5)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    print(f"device={device} batch={args.batch} iters={args.iters} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()}")
+    print(f"{'backbone':18} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>9} "
+          f"{'fp32 MiB':>9} {'bf16 MiB':>9} {'anchors s':>9}")
+    for name in args.names:
+        spec = BACKBONES[name]
+        try:
+            extractor = build_backbone(name, device=device)
+        except WeightsNotFoundError:
+            print(f"{name:18} skipped: weights not on this machine ({spec.hub_id})")
+            continue
+        images = torch.rand(args.batch, 3, spec.image_size, spec.image_size, device=device)
+        fp32, fp32_mib = images_per_second(extractor, images, "fp32", args.iters)
+        bf16, bf16_mib = images_per_second(extractor, images, "bf16", args.iters)
+        anchors = f"{anchor_seconds(extractor):9.2f}" if extractor.text is not None else f"{'-':>9}"
+        print(f"{name:18} {spec.image_size:5d} {fp32:11.1f} {bf16:11.1f} {bf16 / fp32:9.2f} "
+              f"{fp32_mib:9.0f} {bf16_mib:9.0f} {anchors}")
+        del extractor
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
