@@ -289,7 +289,9 @@ def test_text_matches_hf_and_trims_padding(clip):
     reference = tiny.tiny_clip()
     ids = clip.text.tokenize(["a photo of a screw.", "a"])
     with torch.no_grad():
-        torch.testing.assert_close(clip.text.encode_tokens(ids), reference.get_text_features(input_ids=ids).pooler_output)
+        expected = reference.get_text_features(input_ids=ids).pooler_output
+        torch.testing.assert_close(clip.text.encode_tokens(ids), expected)
+        torch.testing.assert_close(clip.text.projection(clip.text.eot_features(ids)), expected)
     with pytest.raises(DataError, match="end-of-text"):
         clip.text.encode_tokens(torch.zeros(1, 5, dtype=torch.long))
 

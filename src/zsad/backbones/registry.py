@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import CLIPModel, Dinov2Model, DINOv3ViTModel
+from transformers import CLIPModel, Dinov2Model, DINOv3ViTModel, PreTrainedTokenizerBase
 
 from zsad.backbones import tiny
 from zsad.backbones.base import FeatureExtractor
@@ -109,7 +109,7 @@ def _clip_model(spec: BackboneSpec, weights: str | None) -> CLIPModel:
     return load_model(CLIPModel, source, spec.name, load_config(source, "clip", spec.name))
 
 
-def _clip_tokenizer(spec: BackboneSpec, weights: str | None):
+def _clip_tokenizer(spec: BackboneSpec, weights: str | None) -> PreTrainedTokenizerBase:
     # The tiny tokenizer is part of the tiny model's definition, so it comes from code even for a folder.
     if spec.builtin:
         return tiny.tiny_tokenizer()
