@@ -14,7 +14,7 @@ import sys
 from zsad import __version__
 from zsad.errors import ZsadError
 
-COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones")
+COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zsad {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     return int(result or 0)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group cleanly (a no-op in a single process)."""
+    if "torch.distributed" in sys.modules:
+        from zsad.engine.distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -35,14 +35,21 @@ def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a t
 
 def method_from_args(args: argparse.Namespace):
     from zsad.engine.build import build_method
-    from zsad.runtime import pick_device
 
     if not args.method and not args.checkpoint:
         raise ConfigError("give --method NAME or --checkpoint DIR")
-    device = pick_device(args.device)
+    device = run_device(args.device)
     method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
                           image_size=args.image_size, overrides=args.overrides, device=device)
     return method, device
+
+
+def run_device(name: str | None):
+    """This process's device: its rank's under torchrun (joining the process group), else the best one."""
+    from zsad.engine.distributed import init_from_env
+    from zsad.runtime import pick_device
+
+    return init_from_env(name) or pick_device(name)
 
 
 class _Advance:

@@ -8,7 +8,9 @@ from pathlib import Path
 from zsad.cli_common import add_method_arguments, int_list, method_from_args, progress_bar, str_list
 from zsad.config import to_dict
 from zsad.data import open_dataset
-from zsad.engine.evaluate import EvalConfig, Evaluator, plan_runs, results_document, write_results
+from zsad.errors import ConfigError
+from zsad.engine import distributed
+from zsad.engine.evaluate import EvalConfig, evaluate, write_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,23 +29,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    console = Console(stderr=True)
     dataset = open_dataset(args.data)
     method, device = method_from_args(args)
+    console = Console(stderr=True, quiet=not distributed.is_main())
+    if args.report and distributed.world_size() > 1:
+        raise ConfigError("--report is not available under torchrun; run `zsad report` on a single process")
     shots = tuple(args.shots) if args.shots else ((0,) if method.zero_shot else (4,))
     config = EvalConfig(shots=shots, seeds=args.seeds, categories=tuple(args.categories) if args.categories else None,
                         batch_size=args.batch_size, precision=args.precision)
-    runs = plan_runs(dataset, config, method)
     collector = _report_collector(args)
     meta = {"method": method.name, "dataset": args.data, "checkpoint": str(args.checkpoint or ""),
             "weights": args.weights, "device": str(device), "eval": to_dict(config),
             "method_config": to_dict(method.config)}
     with progress_bar(console, "evaluating") as advance:
-        evaluator = Evaluator(method, dataset, config, progress=None, on_predictions=collector)
-        advance.total(evaluator.count_images(runs))
-        evaluator.progress = advance
-        results = [evaluator.run(r) for r in runs]
-    document = results_document(results, meta)
+        document = evaluate(method, dataset, config, meta, progress=advance, on_predictions=collector,
+                            on_total=advance.total)
+    if not distributed.is_main():
+        return 0
     write_results(args.out, document)
     if collector is not None:
         collector.write(args.out, document)

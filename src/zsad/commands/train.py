@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, progress_bar
+from zsad.cli_common import add_method_arguments, progress_bar, run_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,13 +33,12 @@ def run(args: argparse.Namespace) -> int:
 
     from zsad.config import with_overrides
     from zsad.data import open_dataset
-    from zsad.engine.build import build_method
+    from zsad.engine import distributed
+    from zsad.engine.build import build_method, method_config
     from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
     from zsad.errors import ConfigError
     from zsad.methods import method_class
-    from zsad.runtime import pick_device
 
-    console = Console(stderr=True)
     if not args.method:
         raise ConfigError("give --method NAME")
     cls = method_class(args.method)
@@ -48,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
              "precision": args.precision if args.precision != "fp32" else None}
-    config = with_overrides(train_config_for(cls, {k: v for k, v in flags.items() if v is not None}),
-                            args.train_overrides)
     overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
-    device = pick_device(args.device)
+    stage_config = method_config(args.method, backbone=args.backbone, image_size=args.image_size, overrides=overrides)
+    config = with_overrides(train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config),
+                            args.train_overrides)
+    device = run_device(args.device)
+    console = Console(stderr=True, quiet=not distributed.is_main())
     datasets = [open_dataset(spec) for spec in args.data]
     method = build_method(args.method, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                           overrides=overrides, device=device)

@@ -28,6 +28,7 @@ from torch import Tensor
 from zsad import io
 from zsad.data import AnomalyDataset, load_sample
 from zsad.data.types import Record, class_name
+from zsad.engine import distributed
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.metrics import METRIC_KEYS, compute_metrics
@@ -148,17 +149,20 @@ class Evaluator:
         device = self.method.device
         with autocast(device, self.config.precision):
             self.method.prepare(class_name(run.category), refs)
-        maps, scores = [], []
+        maps, scores, parts = [], [], {}
         for start in range(0, len(records), self.config.batch_size):
             batch = images[start : start + self.config.batch_size].to(device).float().div_(255)
             with autocast(device, self.config.precision):
                 prediction = self.method.predict(batch)
             maps.append(prediction.anomaly_map.float().cpu())
             scores.append(prediction.score.float().cpu())
+            for name, part in prediction.score_parts.items():
+                parts.setdefault(name, []).append(part.float().cpu())
             if self.progress:
                 self.progress(len(batch))
         anomaly_maps = torch.cat(maps).numpy()
-        image_scores = torch.cat(scores).numpy()
+        score_parts = {name: torch.cat(values) for name, values in parts.items()}
+        image_scores = self.method.category_scores(torch.cat(scores), score_parts).numpy()
         if anomaly_maps.shape != tuple(masks.shape):
             raise RuntimeError(f"{self.method.name} returned maps of shape {anomaly_maps.shape}, "
                                f"expected {tuple(masks.shape)}")
@@ -258,8 +262,17 @@ def _json_safe(value: Any) -> Any:
 
 def evaluate(method: Method, dataset: AnomalyDataset, config: EvalConfig, meta: dict[str, Any] | None = None,
              progress: Callable[[int], None] | None = None,
-             on_predictions: Callable[[CategoryPredictions], None] | None = None) -> dict[str, Any]:
-    """Run the whole protocol in this process and return the results document."""
+             on_predictions: Callable[[CategoryPredictions], None] | None = None,
+             on_total: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run the whole protocol and return the results document.
+
+    Under torchrun the runs are dealt to the ranks and every rank returns the same, complete document.
+    ``on_total`` learns how many test images this process will predict (for a progress bar).
+    """
     evaluator = Evaluator(method, dataset, config, progress, on_predictions)
-    results = [evaluator.run(r) for r in plan_runs(dataset, config, method)]
+    runs = distributed.shard(plan_runs(dataset, config, method))
+    if on_total:
+        on_total(evaluator.count_images(runs))
+    results = distributed.gather([evaluator.run(r) for r in runs])
+    results.sort(key=lambda r: (r.category, r.shots, -1 if r.seed is None else r.seed))
     return results_document(results, meta or {})

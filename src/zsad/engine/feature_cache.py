@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from zsad import io
 from zsad.data import make_loader
@@ -95,16 +94,12 @@ class FeatureCache:
         io.write_text(self.path / MANIFEST, json.dumps({"names": sorted(writers), "count": len(self.records)}))
         method.train(was_training)
 
-    def loader(self, batch_size: int, seed: int, drop_last: bool = True) -> DataLoader:
-        """Shuffled batches of ``(Batch, features)`` where ``Batch.images`` is empty ``[B, 0]``."""
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(range(len(self.records)), batch_size=batch_size, shuffle=True, generator=generator,
-                          drop_last=drop_last, collate_fn=self._collate)
-
-    def _collate(self, indices: list[int]) -> tuple[Batch, dict[str, Tensor]]:
+    def batch(self, indices: list[int]) -> tuple[Batch, dict[str, Tensor]]:
+        """Records ``indices`` as ``(Batch, features)``; ``Batch.images`` is empty ``[B, 0]``: only the
+        cached tensors, masks and labels are needed."""
         index = np.asarray(indices)
-        features = {n: torch.from_numpy(np.ascontiguousarray(a[index])) for n, a in self.arrays.items() if n != "mask"}
-        features = {n: t.float() for n, t in features.items()}
+        features = {n: torch.from_numpy(np.ascontiguousarray(a[index])).float()
+                    for n, a in self.arrays.items() if n != "mask"}
         records = [self.records[i] for i in indices]
         batch = Batch(
             images=torch.empty(len(indices), 0),
@@ -115,4 +110,3 @@ class FeatureCache:
             paths=[str(r.image_path) for r in records],
         )
         return batch, features
-

@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from zsad import io
 from zsad.config import from_dict, to_dict
-from zsad.data import make_loader
+from zsad.data import RecordDataset, collate
 from zsad.data.types import Batch, Record
 from zsad.engine.checkpoint import (
     CONFIG,
@@ -37,9 +38,10 @@ from zsad.engine.checkpoint import (
     save_tensors,
     unflatten_state,
 )
+from zsad.engine import distributed
 from zsad.engine.feature_cache import FeatureCache
 from zsad.errors import ConfigError, DataError
-from zsad.methods.base import Method
+from zsad.methods.base import Method, MethodConfig
 from zsad.runtime import autocast, seed_everything
 
 
@@ -65,9 +67,11 @@ class TrainConfig:
     feature_cache: str = "auto"  # folder for cached frozen features; "auto": $ZSAD_CACHE or ~/.cache/zsad; "off"
 
 
-def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The method's paper defaults, then ``overrides`` (e.g. from CLI flags)."""
-    return from_dict(TrainConfig, {**method_cls.train_defaults, **(overrides or {})})
+def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None,
+                     method_config: MethodConfig | None = None) -> TrainConfig:
+    """The method's paper defaults (for ``method_config``'s stage, when given), then ``overrides``."""
+    defaults = method_cls.train_defaults if method_config is None else method_cls.train_defaults_for(method_config)
+    return from_dict(TrainConfig, {**defaults, **(overrides or {})})
 
 
 def training_records(datasets: list, config: TrainConfig) -> list[Record]:
@@ -122,6 +126,7 @@ class Trainer:
         self.cache = self._feature_cache()
         self.optimizer = _optimizer(self.params, config)
         self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.loss_fn = distributed.data_parallel(method) if distributed.world_size() > 1 else method.training_loss
         self.epoch = 0
 
     def _steps_per_epoch(self) -> int:
@@ -139,18 +144,40 @@ class Trainer:
         return FeatureCache(self.method, self.records, directory, weights=self.meta.get("weights"),
                             batch_size=self.config.batch_size)
 
-    def batches(self, epoch: int) -> Iterator[tuple[Batch, dict[str, Tensor] | None]]:
-        """This epoch's shuffled ``(batch, cached features or None)``, the order fixed by (seed, epoch)."""
-        seed = self.config.seed * 100_003 + epoch
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """This epoch's global batches of record indices: a permutation fixed by (seed, epoch), cut into
+        ``batch_size`` pieces (the incomplete last one dropped), at most ``steps_per_epoch`` of them."""
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.records), generator=generator).tolist()
+        size = self.config.batch_size
+        return [order[i : i + size] for i in range(0, len(order) - size + 1, size)][: self.steps_per_epoch]
+
+    def batches(self, epoch: int, sharded: bool = True) -> Iterator[tuple[Batch, dict[str, Tensor] | None]]:
+        """This epoch's ``(batch, cached features or None)``; under torchrun each rank gets its slice of
+        every global batch unless ``sharded`` is False."""
+        batches = self.global_batches(epoch)
+        if sharded and distributed.world_size() > 1:
+            share, rank = distributed.local_batch_size(self.config.batch_size), distributed.rank()
+            batches = [b[rank * share : (rank + 1) * share] for b in batches]
         if self.cache is not None:
-            if not self.cache.arrays:
-                self.cache.build()
-            yield from self.cache.loader(self.config.batch_size, seed)
+            self._build_cache()
+            for indices in batches:
+                yield self.cache.batch(indices)
             return
-        loader = make_loader(self.records, self.method.config.image_size, self.config.batch_size, shuffle=True,
-                             seed=seed, num_workers=self.config.num_workers, drop_last=True)
+        loader = DataLoader(RecordDataset(self.records, self.method.config.image_size), batch_sampler=batches,
+                            collate_fn=collate, num_workers=self.config.num_workers)
         for batch in loader:
             yield batch, None
+
+    def _build_cache(self) -> None:
+        """Rank 0 computes missing features first; the other ranks then map the finished files."""
+        if self.cache.arrays:
+            return
+        if distributed.is_main():
+            self.cache.build()
+        distributed.barrier()
+        if not self.cache.arrays:
+            self.cache.build()
 
     def fit(self) -> list[dict[str, float]]:
         """Train the remaining epochs; return one log row per epoch trained now."""
@@ -161,6 +188,8 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         config, method = self.config, self.method
+        if self.epoch == 0:
+            method.before_training(self.batches(0, sharded=False))
         seed_everything(config.seed * 100_003 + self.epoch)
         method.train()
         device = method.device
@@ -173,7 +202,7 @@ class Trainer:
             if features is not None:
                 features = {k: v.to(device, non_blocking=True) for k, v in features.items()}
             with autocast(device, config.precision):
-                losses = method.training_loss(batch.to(device), features)
+                losses = self.loss_fn(batch.to(device), features)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{method.name}: loss became {loss.item()} at epoch {self.epoch + 1}")
@@ -193,13 +222,15 @@ class Trainer:
             if self.on_step:
                 self.on_step(steps, values)
         method.eval()
-        row = {k: v / max(steps, 1) for k, v in sums.items()}
+        row = distributed.mean_over_ranks({k: v / max(steps, 1) for k, v in sums.items()})
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(row["loss"])
         self.epoch += 1
         row.update(epoch=self.epoch, steps=steps, lr=self.optimizer.param_groups[0]["lr"],
                    images_per_s=steps * config.batch_size / max(time.perf_counter() - start, 1e-9))
-        self.save(row)
+        if distributed.is_main():
+            self.save(row)
+        distributed.barrier()
         return row
 
     def save(self, row: dict[str, float]) -> None:
