@@ -50,9 +50,8 @@ def sample_categories(count: int, seed: int) -> list[Category]:
         kinds = sorted(OBJECT_DEFECTS if kind == "object" else SURFACE_DEFECTS)
         defects = rng.choice(kinds, size=int(rng.integers(3, len(kinds) + 1)), replace=False)
         look = sample_look(rng, kind, family)
-        categories.append(
-            Category(f"{kind}_{family}_s{seed}_{index}", look, tuple(sorted(defects.tolist())), rng.uniform(0.004, 0.02))
-        )
+        name = f"{kind}_{family}_s{seed}_{index}"
+        categories.append(Category(name, look, tuple(sorted(defects.tolist())), rng.uniform(0.004, 0.02)))
     return categories
 
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from zsad.data.synthetic.scenes import Scene
-from zsad.data.synthetic.textures import Array, TextureLook, ValueNoise, random_colour
+from zsad.data.synthetic.textures import Array, Colour, TextureLook, ValueNoise, random_colour
 
 Defect = Callable[[Scene, np.random.Generator], tuple[Array, Array]]
 
@@ -34,7 +34,7 @@ def _luminance(rgb: Array) -> Array:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _contrasting(image: Array, region: Array, rng: np.random.Generator) -> Array:
+def _contrasting(image: Array, region: Array, rng: np.random.Generator) -> Colour:
     """A colour far from the region's mean brightness: dark on light surfaces, light on dark ones."""
     light = _luminance(image[region]).mean() < 0.5 if region.any() else rng.random() < 0.5
     return random_colour(rng, value=(0.8, 1.0) if light else (0.0, 0.15))
@@ -71,7 +71,9 @@ def _blob(size: int, centre: tuple[float, float], radius: float, rng: np.random.
     return _raster(size, lambda d: d.polygon(points, fill=255))
 
 
-def _blend(image: Array, colour: Array, alpha: float | Array) -> Array:
+def _blend(image: Array, colour: Array | Colour, alpha: float | Array) -> Array:
+    """``image`` moved towards ``colour`` (one colour, or an image) by ``alpha`` (scalar or per pixel)."""
+    colour = np.asarray(colour, dtype=np.float32)
     alpha = np.asarray(alpha, dtype=np.float32)
     alpha = alpha[..., None] if alpha.ndim == 2 else alpha
     return image * (1 - alpha) + colour * alpha

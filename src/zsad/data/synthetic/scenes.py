@@ -17,6 +17,7 @@ from zsad.data.synthetic.textures import (
     PATTERNS,
     Array,
     Cloudy,
+    Colour,
     Palette,
     TextureLook,
     ValueNoise,
@@ -56,7 +57,7 @@ class TextureCategory(Look):
 
     kind: ClassVar[str] = "texture"
     texture: TextureLook
-    backing: Array
+    backing: Colour
 
     @classmethod
     def sample(cls, rng: np.random.Generator, texture: TextureLook) -> TextureCategory:
@@ -69,7 +70,7 @@ class TextureCategory(Look):
     def scene(self, x: Array, y: Array, rng: np.random.Generator) -> Scene:
         image = self.texture.render(x, y, rng) * rng.uniform(0.97, 1.03)
         grain = ValueNoise(rng)(x * x.shape[1] / 2, y * y.shape[0] / 2)[..., None] - 0.5
-        background = self.backing + 0.05 * grain
+        background = np.asarray(self.backing, dtype=np.float32) + 0.05 * grain
         ones = np.ones(x.shape, dtype=np.float32)
         return Scene(np.clip(image, 0, 1), np.clip(background, 0, 1), ones, ones.astype(bool))
 
@@ -168,7 +169,7 @@ class ObjectCategory(Look):
     shape: Shape
     angle: float
     surface: TextureLook
-    background_colour: Array
+    background_colour: Colour
     background_mottle: float
     shading: float
     light: float
@@ -178,7 +179,7 @@ class ObjectCategory(Look):
 
     @classmethod
     def sample(cls, rng: np.random.Generator, shape: type[Shape], surface: TextureLook) -> ObjectCategory:
-        surface_low = surface.palette.low.mean()
+        surface_low = float(np.mean(surface.palette.low))
         # keep the background clearly darker or lighter than the object so the outline is visible
         dark = surface_low > 0.45 if rng.random() < 0.8 else surface_low <= 0.45
         background = random_colour(rng, value=(0.05, 0.3) if dark else (0.65, 0.95))
@@ -218,7 +219,8 @@ class ObjectCategory(Look):
         sx, sy = rotate(x - cx - offset, y - cy - offset, -angle)
         shadow_distance = self.shape.distance(sx / scale, sy / scale) * scale
         shadow = self.shadow * (1 - np.clip(shadow_distance / 0.04 + 0.5, 0, 1))
-        background = (self.background_colour + mottle[..., None]) * (1 - shadow[..., None])
+        plain = np.asarray(self.background_colour, dtype=np.float32)
+        background = (plain + mottle[..., None]) * (1 - shadow[..., None])
 
         image = background * (1 - coverage[..., None]) + surface * coverage[..., None]
         return Scene(np.clip(image, 0, 1), np.clip(background, 0, 1), coverage, coverage > 0.5)

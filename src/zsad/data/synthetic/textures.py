@@ -16,6 +16,8 @@ from typing import ClassVar
 import numpy as np
 
 Array = np.ndarray
+Colour = tuple[float, float, float]
+"""RGB in ``[0, 1]``; a tuple, not an array, so looks compare and hash by value."""
 
 _TABLE = 256
 
@@ -112,7 +114,8 @@ class Stripes(Pattern):
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Stripes:
-        return cls(rng.uniform(4, 22), rng.uniform(0, np.pi), rng.uniform(1, 8), rng.choice([0.0, rng.uniform(0.1, 0.6)]))
+        warp = rng.uniform(0.1, 0.6) if rng.random() < 0.5 else 0.0
+        return cls(rng.uniform(4, 22), rng.uniform(0, np.pi), rng.uniform(1, 8), warp)
 
     def __call__(self, x: Array, y: Array, noise: ValueNoise) -> Array:
         u, _ = rotate(x, y, self.angle)
@@ -257,17 +260,17 @@ class Weave(Pattern):
 PATTERNS: tuple[type[Pattern], ...] = (Cloudy, Stripes, Checker, Grid, Wood, Fibre, Dots, Weave)
 
 
-def random_colour(rng: np.random.Generator, value: tuple[float, float] = (0.2, 0.9)) -> Array:
-    hue, saturation = rng.random(), rng.uniform(0.05, 0.85)
-    return np.array(colorsys.hsv_to_rgb(hue, saturation, rng.uniform(*value)), dtype=np.float32)
+def random_colour(rng: np.random.Generator, value: tuple[float, float] = (0.2, 0.9)) -> Colour:
+    hue, saturation = float(rng.random()), float(rng.uniform(0.05, 0.85))
+    return colorsys.hsv_to_rgb(hue, saturation, float(rng.uniform(*value)))
 
 
 @dataclass(frozen=True)
 class Palette:
     """Two colours a pattern's intensity interpolates between."""
 
-    low: Array
-    high: Array
+    low: Colour
+    high: Colour
 
     @classmethod
     def sample(cls, rng: np.random.Generator, contrast: tuple[float, float] = (0.15, 0.6)) -> Palette:
@@ -276,10 +279,11 @@ class Palette:
         hue = (hue + rng.choice([rng.uniform(-0.08, 0.08), rng.uniform(0.3, 0.7)])) % 1.0
         saturation = float(np.clip(saturation + rng.uniform(-0.3, 0.3), 0, 1))
         value = float(np.clip(value + rng.uniform(*contrast), 0, 1))
-        return cls(low, np.array(colorsys.hsv_to_rgb(hue, saturation, value), dtype=np.float32))
+        return cls(low, colorsys.hsv_to_rgb(hue, saturation, value))
 
     def __call__(self, intensity: Array) -> Array:
-        return self.low + intensity[..., None] * (self.high - self.low)
+        low, high = np.asarray(self.low, dtype=np.float32), np.asarray(self.high, dtype=np.float32)
+        return low + intensity[..., None] * (high - low)
 
 
 @dataclass(frozen=True)
