@@ -13,7 +13,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="list dataset formats, or summarise a dataset",
         description="Without an argument, list the dataset formats; with FORMAT:PATH, count its images per category.",
     )
-    parser.add_argument("dataset", nargs="?", metavar="FORMAT:PATH", help="a dataset to summarise, e.g. mvtec:/data/mvtec")
+    parser.add_argument(
+        "dataset", nargs="?", metavar="FORMAT:PATH", help="a dataset to summarise, e.g. mvtec:/data/mvtec"
+    )
     parser.set_defaults(func=run)
 
 

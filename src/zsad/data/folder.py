@@ -18,7 +18,7 @@ from zsad.data.mvtec import MVTecDataset
 
 class FolderDataset(MVTecDataset):
     format = "folder"
-    description = "generic: <cat>/train/good, <cat>/test/<good|defect>, optional <cat>/ground_truth/<defect>/<name>_mask.png"
+    description = "generic: <cat>/train/good, <cat>/test/<good|defect>, optional <cat>/ground_truth/<defect> masks"
 
     normal_folders = ("good", "ok", "normal")
     mask_suffixes = ("_mask", "")

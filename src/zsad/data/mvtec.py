@@ -50,10 +50,10 @@ class MVTecDataset(AnomalyDataset):
         if split == "train":
             normal_dirs = [split_dir / name for name in self.normal_folders if (split_dir / name).is_dir()]
             if not normal_dirs:
-                raise DataError(f"missing folder {split_dir / self.normal_folders[0]} (expected by the {self.format} layout)")
-            return [
-                Record(path, None, 0, category, "good", split) for folder in normal_dirs for path in self._images(folder)
-            ]
+                expected = split_dir / self.normal_folders[0]
+                raise DataError(f"missing folder {expected} (expected by the {self.format} layout)")
+            paths = [path for folder in normal_dirs for path in self._images(folder)]
+            return [Record(path, None, 0, category, "good", split) for path in paths]
         if not split_dir.is_dir():
             raise DataError(f"missing folder {split_dir} (expected by the {self.format} layout)")
         records = []

@@ -17,7 +17,7 @@ from zsad.data.mvtec import MVTecDataset
 
 class MVTec3DDataset(MVTecDataset):
     format = "mvtec3d"
-    description = "MVTec 3D-AD (RGB only): <cat>/train/good/rgb, <cat>/test/<defect>/rgb, masks in <cat>/test/<defect>/gt"
+    description = "MVTec 3D-AD, RGB only: <cat>/train/good/rgb, <cat>/test/<defect>/rgb, <cat>/test/<defect>/gt"
 
     mask_suffixes = ("",)
 

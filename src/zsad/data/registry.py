@@ -26,7 +26,8 @@ def open_dataset(spec: str) -> AnomalyDataset:
     """Open ``FORMAT:PATH`` (e.g. ``mvtec:/data/mvtec``); nothing is scanned until it is asked for."""
     name, sep, location = spec.partition(":")
     if not sep or not location:
-        raise ConfigError(f"dataset {spec!r} must be FORMAT:PATH, e.g. mvtec:/data/mvtec; formats: {', '.join(FORMATS)}")
+        example = "mvtec:/data/mvtec"
+        raise ConfigError(f"dataset {spec!r} must be FORMAT:PATH (e.g. {example}); formats: {', '.join(FORMATS)}")
     layout = _LAYOUTS.get(name.strip().lower())
     if layout is None:
         raise ConfigError(f"unknown dataset format {name!r} in {spec!r}; formats: {', '.join(FORMATS)}")
