@@ -175,7 +175,7 @@ class ObjectCategory(Look):
     light: float
     shadow: float
     position_jitter: float  # image sides
-    angle_jitter: float  # radians
+    angle_jitter: float  # radians, standard deviation
 
     @classmethod
     def sample(cls, rng: np.random.Generator, shape: type[Shape], surface: TextureLook) -> ObjectCategory:
@@ -188,12 +188,13 @@ class ObjectCategory(Look):
             angle=rng.uniform(0, np.pi),
             surface=surface,
             background_colour=background,
-            background_mottle=float(rng.choice([0.0, rng.uniform(0.03, 0.12)])),
+            background_mottle=rng.uniform(0.03, 0.12) if rng.random() < 0.5 else 0.0,
             shading=rng.uniform(0.05, 0.3),
             light=rng.uniform(0, 2 * np.pi),
             shadow=rng.uniform(0.0, 0.45),
             position_jitter=rng.uniform(0.005, 0.03),
-            angle_jitter=rng.uniform(0.01, 0.08),
+            # a quarter of the objects lie in any orientation (like screws or nuts), the rest are aligned
+            angle_jitter=np.pi if rng.random() < 0.25 else rng.uniform(0.01, 0.08),
         )
 
     @property
