@@ -164,3 +164,12 @@ def test_optimizer_state_round_trips_through_flat_tensors():
     fresh = torch.optim.Adam([nn.Parameter(torch.randn(3, 2))])
     fresh.load_state_dict(restored)
     torch.testing.assert_close(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_cli_prints_one_line_for_errors_raised_in_loader_workers(tmp_path, capsys):
+    from zsad.cli import _one_line
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        '  File "x.py", line 1, in f\nzsad.errors.DataError: /data/a.png: truncated image')
+    assert _one_line(wrapped) == "/data/a.png: truncated image"
+    assert _one_line(DataError("/data/b.png: not an image")) == "/data/b.png: not an image"

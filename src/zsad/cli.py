@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except ZsadError as err:
-        print(f"zsad {args.command}: error: {err}", file=sys.stderr)
+        print(f"zsad {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zsad {args.command}: interrupted", file=sys.stderr)
@@ -43,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _leave_process_group()
     return int(result or 0)
+
+
+def _one_line(err: ZsadError) -> str:
+    """The error's own message; a data-loader worker re-raises it with the worker's traceback around it,
+    whose last line is ``zsad.errors.DataError: <message>``."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    last = lines[-1]
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 def _leave_process_group() -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from zsad.data import FORMATS, open_dataset
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,6 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zsad.data import FORMATS, open_dataset
+
     if args.dataset is None:
         width = max(map(len, FORMATS))
         for name, description in FORMATS.items():

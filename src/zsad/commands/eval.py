@@ -6,11 +6,6 @@ import argparse
 from pathlib import Path
 
 from zsad.cli_common import add_method_arguments, int_list, method_from_args, progress_bar, str_list
-from zsad.config import to_dict
-from zsad.data import open_dataset
-from zsad.errors import ConfigError
-from zsad.engine import distributed
-from zsad.engine.evaluate import EvalConfig, evaluate, write_results
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    from zsad.config import to_dict
+    from zsad.data import open_dataset
+    from zsad.engine import distributed
+    from zsad.engine.evaluate import EvalConfig, evaluate, write_results
+    from zsad.errors import ConfigError
 
     dataset = open_dataset(args.data)
     method, device = method_from_args(args)
