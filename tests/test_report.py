@@ -22,7 +22,7 @@ from zsad.data import open_dataset
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
 from zsad.methods.base import Method, MethodConfig, Prediction
 from zsad.metrics import aupro, auroc
-from zsad.report import ReportCollector, ReportData, Results, write_report
+from zsad.report import ReportCollector, ReportData
 from zsad.report.curves import GRIDS, interpolated_precision, on_grid, run_curves
 from zsad.report.overlay import heat_colours, outline
 

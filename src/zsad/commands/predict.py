@@ -1,0 +1,53 @@
+"""``zsad predict``: anomaly maps, overlays, contours and scores for new images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsad.cli_common import add_method_arguments, method_from_args, progress_bar
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict anomaly maps and scores for a folder of images (or one image)")
+    add_method_arguments(p)
+    p.add_argument("--images", type=Path, required=True, help="an image file, or a folder searched recursively")
+    p.add_argument("--refs", type=Path, help="folder of normal reference images of the product (few-shot methods "
+                   "need it; it also calibrates automatic thresholds)")
+    p.add_argument("--class-name", default="object", help='product name for text prompts (default "object")')
+    p.add_argument("--threshold", help="image decision threshold: a number, auto or auto:RULE with RULE max, "
+                   "mean+Zstd or qP (default: auto with --refs, otherwise no decision)")
+    p.add_argument("--pixel-threshold", help="threshold for defect contours, same forms (default: auto with "
+                   "--refs, i.e. the q0.999 quantile of reference pixels; otherwise no contours)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder (default runs/predict)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, parse_threshold
+    from zsad.engine.predict import PredictConfig, list_files, predict_images
+
+    console = Console(stderr=True, soft_wrap=True)
+    default = "auto" if args.refs else None
+    config = PredictConfig(class_name=args.class_name,
+                           threshold=parse_threshold(args.threshold or default, IMAGE_RULE),
+                           pixel_threshold=parse_threshold(args.pixel_threshold or default, PIXEL_RULE),
+                           batch_size=args.batch_size, precision=args.precision)
+    method, _ = method_from_args(args)
+    with progress_bar(console, f"predicting with {method.name}") as advance:
+        advance.total(len(list_files(args.images, exclude=args.out)[1]))
+        summary = predict_images(method, args.images, args.out, args.refs, config, progress=advance)
+    for skipped in summary.skipped:
+        console.print(f"skipped: {skipped.reason}", markup=False, highlight=False)
+    t = summary.thresholds
+    if t.image is not None:
+        console.print(f"image threshold {t.image:.4g} ({t.image_source}): {summary.anomalous} of "
+                      f"{summary.predicted} images anomalous")
+    if t.pixel is not None:
+        console.print(f"pixel threshold {t.pixel:.4g} ({t.pixel_source}) outlines predicted defects")
+    console.print(f"{summary.predicted} image(s) predicted, {len(summary.skipped)} file(s) skipped; "
+                  f"scores in {args.out / 'scores.csv'}, overlays in {args.out / 'overlays'}")
+    return 0
