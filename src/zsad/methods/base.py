@@ -8,7 +8,7 @@ anomaly maps at input resolution. The engine owns loops, devices, seeds, precisi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -30,10 +30,12 @@ class MethodConfig:
 
 @dataclass
 class Prediction:
-    """Per image: anomaly map ``[B, H, W]`` at input resolution and image score ``[B]``."""
+    """Per image: anomaly map ``[B, H, W]`` at input resolution and image score ``[B]``; ``score_parts`` are
+    optional per-image score components ``[B]`` for :meth:`Method.category_scores`."""
 
     anomaly_map: Tensor
     score: Tensor
+    score_parts: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -92,6 +94,12 @@ class Method(nn.Module):
 
     def predict(self, images: Tensor) -> Prediction:
         raise NotImplementedError
+
+    def category_scores(self, scores: Tensor, parts: dict[str, Tensor]) -> Tensor:
+        """Final image scores of one category's whole test set from its per-image ``scores`` and
+        ``Prediction.score_parts``. Identity unless a method offers a benchmark-mode (transductive)
+        normalisation over the test set, which must be a named, non-default option."""
+        return scores
 
     def method_state_dict(self) -> dict[str, Tensor]:
         """The method's own tensors (parameters and buffers), without the frozen backbone's."""

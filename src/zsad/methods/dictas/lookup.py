@@ -1,0 +1,46 @@
+"""Dictionary lookup (DictAS §3.3) and the neighbourhood scales it runs at.
+
+A query ``q`` is matched against every key by ``s = q·Kᵀ / √C`` (one head) and the retrieved result is
+``w·V``. The weights ``w`` come from one of three strategies: ``max`` (one-hot at the best key: the
+nearest-neighbour memory bank), ``dense`` (softmax over all entries) or ``sparse`` (sparsemax, the paper's
+default: a convex mix of the few best entries, whose support stays small as the dictionary grows with k).
+A normal query patch is well reconstructed from normal references; an anomalous one is not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from zsad.errors import ConfigError
+from zsad.methods.maps import grid_to_tokens, tokens_to_grid
+from zsad.methods.sparsemax import sparsemax
+
+Strategy = Literal["sparse", "dense", "max"]
+
+
+def lookup(queries: Tensor, keys: Tensor, values: Tensor, strategy: Strategy) -> Tensor:
+    """Retrieved results ``[B, N, C]`` for queries ``[B, N, C]`` from a dictionary of keys and values
+    ``[B, M, C]`` (one per query image, as in training) or ``[1, M, C]`` (shared, as at inference)."""
+    scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+    if strategy == "max":
+        best = scores.argmax(-1, keepdim=True).expand(-1, -1, values.shape[-1])
+        return values.expand(queries.shape[0], -1, -1).gather(1, best)
+    # The weights are computed in float32 whatever the autocast dtype: sorting and normalising thousands
+    # of nearly equal scores in half precision would blur the sparse support.
+    weights = sparsemax(scores.float()) if strategy == "sparse" else scores.float().softmax(-1)
+    return weights.to(values.dtype) @ values
+
+
+def neighbourhood_mean(tokens: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """Mean over each token's ``size × size`` neighbourhood on the patch grid (stride 1, zero padding
+    counted in the mean, as in the reference code), so a scale-3 entry describes a 3×3 region."""
+    if size == 1:
+        return tokens
+    if size < 1 or size % 2 == 0:
+        raise ConfigError(f"DictAS neighbourhood sizes must be odd and positive, got {size}")
+    pooled = F.avg_pool2d(tokens_to_grid(tokens, grid), size, stride=1, padding=size // 2, count_include_pad=True)
+    return grid_to_tokens(pooled)
