@@ -8,6 +8,7 @@ anomaly maps at input resolution. The engine owns loops, devices, seeds, precisi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -57,6 +58,11 @@ class Method(nn.Module):
         for p in backbone.parameters():
             p.requires_grad_(False)
 
+    @classmethod
+    def train_defaults_for(cls, config: MethodConfig) -> dict[str, object]:
+        """Training defaults for ``config``: :attr:`train_defaults`, unless a method's stages train differently."""
+        return cls.train_defaults
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers
@@ -84,6 +90,11 @@ class Method(nn.Module):
     def frozen_features_key(self) -> str:
         """Anything besides backbone, weights, size and layers that changes :meth:`frozen_features`."""
         return ""
+
+    def before_training(self, data: Iterable[tuple[Batch, dict[str, Tensor] | None]]) -> None:
+        """Called once before the first epoch with one pass over the training data, ``(batch, cached
+        frozen features or None)``, for statistics a stage needs from the start (SPG's dead-atom mask).
+        The default reads nothing."""
 
     def after_optimizer_step(self) -> None:
         """Called after every optimizer step (e.g. to renormalise a dictionary or update an EMA)."""
