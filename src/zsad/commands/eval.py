@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     write_results(args.out, document)
     if collector is not None:
-        collector.write(args.out, document)
+        report = collector.write(args.out, document)
+        console.print(f"report written to {report}")
     _print_summary(console, document)
     console.print(f"results written to {args.out / 'results.json'} and {args.out / 'results.md'}")
     return 0
