@@ -35,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from zsad.data import open_dataset
     from zsad.engine import distributed
     from zsad.engine.build import build_method, method_config
+    from zsad.engine.checkpoint import read_config
     from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
     from zsad.errors import ConfigError
     from zsad.methods import method_class
+    from zsad.runtime import seed_everything
 
     if not args.method:
         raise ConfigError("give --method NAME")
@@ -47,22 +49,20 @@ def run(args: argparse.Namespace) -> int:
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
              "precision": args.precision if args.precision != "fp32" else None}
+    if has_checkpoint(args.out) and not args.resume:
+        raise ConfigError(f"{args.out}: already holds a checkpoint; pass --resume to continue it or choose --out")
     overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
-    stage_config = method_config(args.method, backbone=args.backbone, image_size=args.image_size, overrides=overrides)
+    base = read_config(args.checkpoint)["config"] if args.checkpoint else None
+    stage_config = method_config(args.method, base, args.backbone, args.image_size, overrides)
     config = with_overrides(train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config),
                             args.train_overrides)
     device = run_device(args.device)
     console = Console(stderr=True, quiet=not distributed.is_main())
     datasets = [open_dataset(spec) for spec in args.data]
-    method = build_method(args.method, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-                          overrides=overrides, device=device)
-    if args.checkpoint:
-        from zsad.engine.checkpoint import WEIGHTS, load_tensors
-
-        method.load_method_state_dict(load_tensors(args.checkpoint / WEIGHTS, device), partial=True)
+    seed_everything(config.seed)  # the method's fresh parameters are part of the run's reproducibility
+    method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
+                          image_size=args.image_size, overrides=overrides, device=device, partial=True)
     records = training_records(datasets, config)
-    if has_checkpoint(args.out) and not args.resume:
-        raise ConfigError(f"{args.out}: already holds a checkpoint; pass --resume to continue it or choose --out")
     with progress_bar(console, f"training {method.name}") as advance:
         trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})
         if args.resume:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from zsad.backbones import build_backbone
-from zsad.config import from_dict, to_dict, with_overrides
+from zsad.config import from_dict, with_overrides
 from zsad.engine.checkpoint import WEIGHTS, load_tensors, read_config
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, method_class
@@ -34,8 +34,13 @@ def method_config(name: str, base: dict[str, Any] | None = None, backbone: str |
 
 def build_method(name: str | None = None, *, checkpoint: str | Path | None = None, backbone: str | None = None,
                  weights: str | None = None, image_size: int | None = None,
-                 overrides: list[str] | tuple[str, ...] = (), device: torch.device | None = None) -> Method:
-    """A method on ``device``, from a checkpoint (its saved config, then overrides) or from defaults."""
+                 overrides: list[str] | tuple[str, ...] = (), device: torch.device | None = None,
+                 partial: bool = False) -> Method:
+    """A method on ``device``, from a checkpoint (its saved config, then overrides) or from defaults.
+
+    ``partial`` loads whatever tensors the checkpoint has and leaves the rest freshly initialised: how a
+    later training stage starts from an earlier one (e.g. SPG's guides from its sparse autoencoder).
+    """
     device = device or torch.device("cpu")
     saved = read_config(checkpoint) if checkpoint else None
     if saved:
@@ -48,10 +53,6 @@ def build_method(name: str | None = None, *, checkpoint: str | Path | None = Non
     extractor = build_backbone(config.backbone, weights=weights, device=device)
     method = method_class(name)(extractor, config).to(device)
     if saved:
-        method.load_method_state_dict(load_tensors(Path(checkpoint) / WEIGHTS, device))
+        method.load_method_state_dict(load_tensors(Path(checkpoint) / WEIGHTS, device), partial=partial)
     method.eval()
     return method
-
-
-def describe(method: Method) -> dict[str, Any]:
-    return {"method": method.name, "config": to_dict(method.config)}
