@@ -19,7 +19,7 @@ Pipeline (backbone and text tower frozen):
 * Group-Gated Token Refiner on the global token; Dynamic State Prompts give per-image anchors ``T_N``,
   ``T_A``.
 * Maps: for each block, ``A = softmax(cos(patch, (T_N, T_A)) / τ)`` on the patch grid, upsampled; plus
-  the upsampled final assignment (its abnormal channel is ``(A_a + 1 − A_n) / 2`` of that map). The
+  the upsampled final assignment (whose rows sum to one, so its ``(A_a + 1 − A_n) / 2`` is ``A_a``). The
   anomaly map is the mean over these maps of ``(A_a + 1 − A_n) / 2``, Gaussian-smoothed (σ = 4 px at
   518 px, scaled with the input size). Image score: ``softmax(cos(g', (T_N, T_A)) / τ)[abnormal]`` of the
   refined global token ``g'``.
@@ -49,6 +49,8 @@ Choices the public material leaves open, each a config field:
 * ``text_backbone=None`` pairs a DINO backbone with ``clip-vit-l14-336`` (the paper's text encoder), or
   with ``clip-tiny`` when the vision backbone is a built-in tiny test model, so nothing is downloaded
   for tests and benchmarks; a CLIP backbone always uses its own text tower (its joint space).
+* ``image_size = 518`` (the paper's size; patch 14). DINOv3's patch is 16: run it at a multiple of 16,
+  e.g. ``--backbone dinov3-vit-l16 --image-size 512``.
 * Training defaults follow AnomalyCLIP's protocol (15 epochs, batch 8, Adam lr 1e-3, betas (0.5, 0.999),
   on the auxiliary test split with masks); the thesis' own values are not public.
 
