@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zsad.methods.losses import anchor_logits
+
 
 def tokens_to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     """``[B, N, C]`` row-major tokens to ``[B, C, h, w]``."""
@@ -25,6 +27,21 @@ def grid_to_tokens(x: Tensor) -> Tensor:
 def anchor_map(probs: Tensor) -> Tensor:
     """The two-anchor anomaly map ``(p_a + 1 - p_n) / 2`` from ``[..., 2]`` (normal, anomalous)."""
     return (probs[..., 1] + 1 - probs[..., 0]) / 2
+
+
+def anchor_probabilities(tokens: Tensor, anchors: Tensor, grid: tuple[int, int], size: tuple[int, int] | int,
+                         scale: float = 100.0, softmax_first: bool = False) -> Tensor:
+    """Per-pixel (normal, anomalous) probabilities ``[B, 2, H, W]`` of patch tokens ``[B, N, D]`` against
+    two anchors ``[2, D]`` (or per-image ``[B, 2, D]``), at ``size``, from ``scale * cos`` logits.
+
+    Methods differ in where the softmax goes: APRIL-GAN and MoECLIP upsample the logits and take the
+    softmax per pixel (``softmax_first=False``); AnomalyCLIP and SPG take it on the patch grid and
+    upsample the probabilities (``softmax_first=True``).
+    """
+    logits = tokens_to_grid(anchor_logits(tokens, anchors, scale), grid)
+    if softmax_first:
+        return upsample(logits.softmax(1), size)
+    return upsample(logits, size).softmax(1)
 
 
 def upsample(maps: Tensor, size: tuple[int, int] | int) -> Tensor:
