@@ -3,6 +3,7 @@
 from zsad.methods import aprilgan  # noqa: F401
 from zsad.methods import dictas  # noqa: F401
 from zsad.methods import knn
+from zsad.methods import moeclip  # noqa: F401
 from zsad.methods import spg  # noqa: F401
 from zsad.methods import winclip  # noqa: F401
 from zsad.methods.base import Method, MethodConfig, Prediction, available_methods, method_class, register
