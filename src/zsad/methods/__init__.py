@@ -1,6 +1,6 @@
 """Anomaly detection methods; importing this package registers all of them."""
 
-from zsad.methods import aprilgan  # noqa: F401
+from zsad.methods import anomalyclip, aprilgan  # noqa: F401
 from zsad.methods import dictas  # noqa: F401
 from zsad.methods import knn
 from zsad.methods import moeclip  # noqa: F401
