@@ -66,3 +66,12 @@ def test_anchors_are_full_precision_under_autocast(text):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         anchors = text_anchors(text, "zipper", MOECLIP)
     assert anchors.dtype == torch.float32
+
+
+def test_anchors_first_built_under_inference_mode_work_in_training_losses():
+    encoder = build_text_encoder("clip-tiny")
+    with torch.inference_mode():
+        anchors = text_anchors(encoder, "inference-first widget")
+    weight = torch.nn.Parameter(torch.ones(anchors.shape[-1]))
+    (anchors * weight).sum().backward()
+    assert weight.grad is not None

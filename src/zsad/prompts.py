@@ -86,7 +86,8 @@ def text_anchors(text_encoder: TextEncoder, class_name: str, prompt_set: PromptS
     return cached[key]
 
 
-@torch.no_grad()
+@torch.inference_mode(False)  # cached anchors must stay usable in training losses, even when first built
+@torch.no_grad()                # during an evaluation under inference mode
 def _compute_anchors(text_encoder: TextEncoder, class_name: str, prompt_set: PromptSet,
                      device: torch.device) -> Tensor:
     anchors = []
