@@ -2,6 +2,7 @@
 
 from zsad.methods import anomalyclip, aprilgan  # noqa: F401
 from zsad.methods import dictas  # noqa: F401
+from zsad.methods import dual_anchor  # noqa: F401
 from zsad.methods import knn
 from zsad.methods import moeclip  # noqa: F401
 from zsad.methods import spg  # noqa: F401
