@@ -173,3 +173,34 @@ def test_cli_prints_one_line_for_errors_raised_in_loader_workers(tmp_path, capsy
                         '  File "x.py", line 1, in f\nzsad.errors.DataError: /data/a.png: truncated image')
     assert _one_line(wrapped) == "/data/a.png: truncated image"
     assert _one_line(DataError("/data/b.png: not an image")) == "/data/b.png: not an image"
+
+
+class CachedTrainable(TinyTrainable):
+    """Trains on cached colour features, with dropout drawing from the seeded global RNG."""
+
+    name = "cached-trainable"
+
+    def frozen_features(self, images: Tensor) -> dict[str, Tensor]:
+        return {"colour": images}
+
+    def training_loss(self, batch: Batch, features=None) -> dict[str, Tensor]:
+        images = features["colour"] if features is not None else batch.images
+        logits = self.dropout(self.head(images)).squeeze(1)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.masks)
+        return {"loss": loss}
+
+
+def test_filling_the_feature_cache_does_not_change_the_run(synthetic_root, tmp_path):
+    def run(out):
+        torch.manual_seed(0)
+        method = CachedTrainable(_FakeBackbone(), _LinearConfig())
+        config = TrainConfig(epochs=2, batch_size=4, lr=0.05, seed=3, feature_cache=str(tmp_path / "cache"))
+        trainer = Trainer(method, training_records([open_dataset(f"mvtec:{synthetic_root}")], config), config, out)
+        trainer.fit()
+        return method.method_state_dict()
+
+    fresh = run(tmp_path / "fresh")  # computes and writes the cache
+    cached = run(tmp_path / "cached")  # reads it back
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    for name, value in fresh.items():
+        torch.testing.assert_close(cached[name], value, rtol=0, atol=0)

@@ -188,6 +188,8 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         config, method = self.config, self.method
+        if self.cache is not None:
+            self._build_cache()  # before seeding: a first run that fills the cache must draw the same numbers
         if self.epoch == 0:
             method.before_training(self.batches(0, sharded=False))
         seed_everything(config.seed * 100_003 + self.epoch)
