@@ -9,9 +9,11 @@ from PIL import Image
 
 from zsad.cli import main as cli_main
 from zsad.data import open_dataset
+from zsad.data.synthetic import write_synthetic
 from zsad.data.types import Batch
 from zsad.engine.build import build_method
-from zsad.engine.evaluate import EvalConfig, evaluate
+from zsad.engine.checkpoint import WEIGHTS, load_tensors
+from zsad.engine.evaluate import EvalConfig, evaluate, load_images
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError, DataError
 from zsad.methods.dictas import DictAS
@@ -52,11 +54,12 @@ def test_dictionary_concatenates_references_and_maps_have_input_size(k: int) -> 
 
 def test_max_lookup_returns_a_dictionary_value_exactly() -> None:
     g = torch.Generator().manual_seed(0)
-    queries, keys, values = torch.randn(2, 5, 8, generator=g), torch.randn(1, 7, 8, generator=g), torch.randn(1, 7, 8, generator=g)
+    queries = torch.randn(2, 5, 8, generator=g)
+    keys, values = torch.randn(1, 7, 8, generator=g), torch.randn(1, 7, 8, generator=g)
     retrieved = lookup(queries, keys, values, "max")
     best = (queries @ keys.transpose(1, 2)).argmax(-1)
     assert torch.equal(retrieved, values[0][best])
-    # Sparse and dense results are convex mixtures of the values; sparse ones of only a few.
+    # Sparse and dense results are convex mixtures of the values.
     for strategy in ("sparse", "dense"):
         mixed = lookup(queries, keys, values, strategy)
         weights = torch.linalg.lstsq(values[0].T.double(), mixed.reshape(-1, 8).T.double()).solution
@@ -72,6 +75,7 @@ def test_neighbourhood_mean_counts_zero_padding() -> None:
 
 def test_generators_are_shared_unless_per_layer_and_ablations_are_identities() -> None:
     assert len(tiny().generators) == 1 and len(tiny(per_layer_generators=True).generators) == 4
+    assert {k.split(".")[0] for k in tiny().method_state_dict()} == {"generators", "alignment"}  # no text tower
     ablated = tiny(query_generator=False, key_generator=False, value_generator=False)
     x = torch.randn(1, 3, 192)
     generators = ablated.generators[0]
@@ -151,3 +155,85 @@ def test_anomaly_source_folder_is_loaded_on_first_training_use(tmp_path) -> None
     broken = tiny(anomaly_source=str(tmp_path / "missing"))
     with pytest.raises(DataError, match="does not exist"):
         broken.training_loss(batch_of(torch.rand(2, 3, SIZE, SIZE)))
+
+
+# --- learning on synthetic data --------------------------------------------------------------------------
+EPOCHS = 5  # of the short training below: 24 images in batches of 4, 30 steps at the paper's lr 1e-4
+
+
+@pytest.fixture(scope="module")
+def short_training(synthetic_root, tmp_path_factory):
+    """DictAS on clip-tiny trained briefly on the normal train images of the seen synthetic categories, with
+    its query loss on one fixed batch of them before and after."""
+    method = tiny()
+    dataset = open_dataset(f"mvtec:{synthetic_root}")
+    category = dataset.categories()[0]
+    images, _ = load_images(dataset.records(category, "train")[:4], SIZE)
+    fixed = batch_of(images.float() / 255, category)
+
+    def fixed_query_loss() -> float:
+        torch.manual_seed(11)
+        with torch.no_grad():
+            return float(method.training_loss(fixed)["query"])
+
+    before = fixed_query_loss()
+    config = train_config_for(DictAS, {"epochs": EPOCHS, "batch_size": 4})
+    records = training_records([dataset], config)
+    rows = Trainer(method, records, config, tmp_path_factory.mktemp("dictas")).fit()
+    method.eval()
+    return method, before, fixed_query_loss(), rows
+
+
+@pytest.fixture(scope="module")
+def unseen_pixel_auroc(short_training, tmp_path_factory) -> dict[str, float]:
+    """2-shot pixel AUROC (2 reference draws) on four unseen categories at 128 px.
+
+    Four categories rather than the two of ``unseen_synthetic_root``: with two, one near-chance texture
+    decides every comparison; the categories come from another seed than the training ones.
+    """
+    root = tmp_path_factory.mktemp("unseen") / "seed1"
+    write_synthetic(root, categories=4, seed=1, size=SIZE)
+    dataset = open_dataset(f"mvtec:{root}")
+
+    def auroc(method) -> float:
+        document = evaluate(method, dataset, EvalConfig(shots=(2,), seeds=2, batch_size=8))
+        return document["summary"]["2"]["mean"]["pixel_auroc"]
+
+    return {"trained": auroc(short_training[0]), "untrained": auroc(tiny()),
+            "knn": auroc(build_method("knn", backbone="clip-tiny", image_size=SIZE))}
+
+
+def test_query_loss_falls_during_short_training(short_training) -> None:
+    _, before, after, rows = short_training
+    assert after < 0.8 * before
+    assert rows[-1]["query"] < rows[0]["query"]
+    assert len(rows) == EPOCHS and sum(row["steps"] for row in rows) == 30
+
+
+def test_training_improves_unseen_segmentation_over_the_untrained_model(unseen_pixel_auroc) -> None:
+    assert unseen_pixel_auroc["trained"] > unseen_pixel_auroc["untrained"] + 0.05, unseen_pixel_auroc
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "not reached with the random clip-tiny backbone: here about 0.82 vs knn 0.85. On random features the "
+    "learned lookup converges to nearest-neighbour matching at best: 480 steps (0.82/0.84 vs knn 0.84/0.85 "
+    "at 1/4 shots), unaugmented references (0.83/0.84) and the code's Value-feature second phase "
+    "(0.83/0.85) all stay at or below knn. The paper's gain rests on CLIP features."))
+def test_trained_model_beats_patch_knn_on_unseen_categories(unseen_pixel_auroc) -> None:
+    assert unseen_pixel_auroc["trained"] > unseen_pixel_auroc["knn"], unseen_pixel_auroc
+
+
+def test_cli_trains_resumes_exactly_and_evaluates_from_the_checkpoint(synthetic_root, unseen_synthetic_root, tmp_path):
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(textures / "a.png")
+    common = ["--method", "dictas", "--data", f"mvtec:{synthetic_root}", "--backbone", "clip-tiny", "--image-size",
+              "64", "--batch-size", "4", "--max-steps-per-epoch", "1", "--set", f"anomaly_source={textures}"]
+    assert cli_main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert cli_main(["train", *common, "--epochs", "2", "--resume", "--out", str(tmp_path / "run")]) == 0
+    assert cli_main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    resumed, straight = (load_tensors(tmp_path / name / WEIGHTS) for name in ("run", "straight"))
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in resumed)
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", f"mvtec:{unseen_synthetic_root}",
+                     "--shots", "1", "--seeds", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "results.json").is_file()

@@ -66,3 +66,13 @@ def test_gradient_is_the_jacobian_of_the_projection() -> None:
     support = (p[0] > 0).double()
     expected = torch.diag(support) - support[:, None] * support[None, :] / support.sum()
     torch.testing.assert_close(jacobian, expected)
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])  # wide supports need the fallback, narrow ones do not
+def test_candidate_search_is_exact(scale: float) -> None:
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(5, 7, 300, generator=g, dtype=torch.float64) * scale
+    full = sparsemax(z)
+    for candidates in (1, 4, 64, 1000):
+        torch.testing.assert_close(sparsemax(z, candidates=candidates), full, atol=1e-12, rtol=0)
+    torch.testing.assert_close(sparsemax(z, dim=1, candidates=2), sparsemax(z, dim=1), atol=1e-12, rtol=0)

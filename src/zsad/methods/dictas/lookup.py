@@ -20,6 +20,7 @@ from zsad.methods.maps import grid_to_tokens, tokens_to_grid
 from zsad.methods.sparsemax import sparsemax
 
 Strategy = Literal["sparse", "dense", "max"]
+SPARSE_CANDIDATES = 32  # scores examined first by sparsemax; exact either way, more are fetched if needed
 
 
 def lookup(queries: Tensor, keys: Tensor, values: Tensor, strategy: Strategy) -> Tensor:
@@ -31,7 +32,8 @@ def lookup(queries: Tensor, keys: Tensor, values: Tensor, strategy: Strategy) ->
         return values.expand(queries.shape[0], -1, -1).gather(1, best)
     # The weights are computed in float32 whatever the autocast dtype: sorting and normalising thousands
     # of nearly equal scores in half precision would blur the sparse support.
-    weights = sparsemax(scores.float()) if strategy == "sparse" else scores.float().softmax(-1)
+    scores = scores.float()
+    weights = sparsemax(scores, candidates=SPARSE_CANDIDATES) if strategy == "sparse" else scores.softmax(-1)
     return weights.to(values.dtype) @ values
 
 

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsad.backbones.base import FeatureExtractor
+from zsad.backbones.base import FeatureExtractor, TextEncoder
 from zsad.data.types import Batch, class_name
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
@@ -139,16 +139,20 @@ class DictAS(Method):
             for generators in self.generators:
                 if generators.value_block is not None:
                     generators.value_block.requires_grad_(False)
-        self.text = backbone.text
         self.alignment = None
-        if self.text is not None and config.tac_weight > 0:
+        if backbone.text is not None and config.tac_weight > 0:
             self.alignment = TextAlignmentHead(backbone.width, len(self.layers), config.tac_hidden,
-                                               self.text.embed_dim, config.tac_pooling)
+                                               backbone.text.embed_dim, config.tac_pooling)
         self._dictionary: list[list[tuple[Tensor, Tensor]]] = []
         self._anchors: Tensor | None = None
         self._sources: AnomalySources | None = None
 
     # --- the model ------------------------------------------------------------------------------------
+    @property
+    def text(self) -> TextEncoder | None:
+        """The backbone's CLIP text tower (frozen, not part of the method's checkpoint), or None."""
+        return self.backbone.text
+
     def _generators(self, layer: int) -> Generators:
         return self.generators[layer if self.config.per_layer_generators else 0]
 
@@ -177,7 +181,7 @@ class DictAS(Method):
             if self.config.query_feature == "value":
                 layer_tokens = generators.value(layer_tokens)
             pairs = []
-            for size, (keys, values) in zip(self.config.scales, dictionary[layer]):
+            for size, (keys, values) in zip(self.config.scales, dictionary[layer], strict=True):
                 features = neighbourhood_mean(layer_tokens, grid, size)
                 pairs.append((features, lookup(generators.query(features), keys, values, self.config.lookup)))
             results.append(pairs)
