@@ -49,6 +49,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float, bool)):
+            value = [value]  # `--set scales=1` means the one-element list
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any

@@ -57,6 +57,7 @@ class TrainConfig:
     gamma: float = 0.5
     plateau_factor: float = 0.8
     plateau_patience: int = 2
+    plateau_metric: str = "loss"  # the logged loss part that "plateau" watches (DictAS: its query loss)
     grad_clip: float = 0.0  # 0 disables clipping
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -226,7 +227,10 @@ class Trainer:
         method.eval()
         row = distributed.mean_over_ranks({k: v / max(steps, 1) for k, v in sums.items()})
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(row["loss"])
+            if config.plateau_metric not in row:
+                raise ConfigError(f"plateau_metric {config.plateau_metric!r} is not a loss part of "
+                                  f"{method.name}; parts: {', '.join(sorted(row))}")
+            self.scheduler.step(row[config.plateau_metric])
         self.epoch += 1
         row.update(epoch=self.epoch, steps=steps, lr=self.optimizer.param_groups[0]["lr"],
                    images_per_s=steps * config.batch_size / max(time.perf_counter() - start, 1e-9))

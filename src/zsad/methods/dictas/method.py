@@ -118,7 +118,8 @@ class DictAS(Method):
     summary = "dictionary lookup of query patches in the k references, trained self-supervised (DictAS)"
     train_defaults: ClassVar[dict[str, object]] = {
         "epochs": 30, "batch_size": 24, "lr": 1e-4, "betas": (0.5, 0.999), "scheduler": "plateau",
-        "plateau_factor": 0.8, "plateau_patience": 2, "split": "train", "normal_only": True,
+        "plateau_factor": 0.8, "plateau_patience": 2, "plateau_metric": "query", "split": "train",
+        "normal_only": True,
     }
 
     def __init__(self, backbone: FeatureExtractor, config: DictASConfig) -> None:

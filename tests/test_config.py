@@ -1,0 +1,52 @@
+"""Typed configs: JSON round trips, overrides from the command line, and clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zsad.config import from_dict, to_dict, with_overrides
+from zsad.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    enabled: bool = True
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    scales: tuple[int, ...] = (1, 3)
+    layers: tuple[int, ...] | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+@given(st.text(max_size=8), st.lists(st.integers(1, 99), max_size=4), st.floats(0, 1), st.booleans())
+def test_round_trip_through_json(name, scales, rate, enabled):
+    config = Outer(name=name, scales=tuple(scales), inner=Inner(rate=rate, enabled=enabled))
+    assert from_dict(Outer, to_dict(config)) == config
+
+
+def test_overrides_parse_values_like_a_user_types_them():
+    config = with_overrides(Outer(), ["scales=1", "layers=6,12", "inner.enabled=off", "inner.rate=0.5"])
+    assert config.scales == (1,)
+    assert config.layers == (6, 12)
+    assert config.inner == Inner(rate=0.5, enabled=False)
+    assert with_overrides(Outer(), ["layers=[3, 4]"]).layers == (3, 4)
+    assert with_overrides(Outer(), ["layers=null"]).layers is None
+
+
+def test_typos_and_bad_values_are_one_line_errors():
+    with pytest.raises(ConfigError, match="unknown option 'scale'"):
+        with_overrides(Outer(), ["scale=1"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        with_overrides(Outer(), ["inner.enabled=maybe"])
+    with pytest.raises(ConfigError, match="key=value"):
+        with_overrides(Outer(), ["scales"])
+    with pytest.raises(ConfigError, match="unknown option"):
+        from_dict(Outer, {"nope": 1})
