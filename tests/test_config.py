@@ -50,3 +50,18 @@ def test_typos_and_bad_values_are_one_line_errors():
         with_overrides(Outer(), ["scales"])
     with pytest.raises(ConfigError, match="unknown option"):
         from_dict(Outer, {"nope": 1})
+
+
+@dataclass
+class WithText:
+    folder: str = "auto"
+    ratio: float = 1.0
+    mode: tuple[str, ...] = ("a",)
+
+
+def test_text_fields_keep_what_was_typed():
+    config = with_overrides(WithText(), ["folder=off", "ratio=1e-3", "mode=on,off"])
+    assert config.folder == "off"  # YAML would have read it as False
+    assert config.ratio == pytest.approx(1e-3)
+    assert config.mode == ("on", "off")
+    assert with_overrides(WithText(), {"folder": "no"}).folder == "no"

@@ -18,6 +18,7 @@ import yaml
 from zsad.errors import ConfigError
 
 T = TypeVar("T")
+_NONE = {"none", "null", "~", ""}
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -26,12 +27,14 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` as ``annotation``; text typed on the command line is read the way the field's type says
+    (so ``feature_cache=off`` stays the word "off" for a text field, and means False for a flag)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is Any:
-        return value
+        return yaml.safe_load(value) if isinstance(value, str) else value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE)):
             return None
         errors = []
         for arg in args:
@@ -43,12 +46,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: cannot use {value!r}")
     if origin is typing.Literal:
+        if value not in args and isinstance(value, str):
+            value = yaml.safe_load(value)
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            text = value.strip()
+            value = yaml.safe_load(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
         elif isinstance(value, (int, float, bool)):
             value = [value]  # `--set scales=1` means the one-element list
         if not isinstance(value, (list, tuple)):
@@ -102,7 +108,7 @@ def with_overrides(config: T, overrides: list[str] | dict[str, Any]) -> T:
             node = node[p]
         if leaf not in node:
             raise ConfigError(f"unknown option {key!r} for {type(config).__name__}; known: {', '.join(sorted(node))}")
-        node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
+        node[leaf] = value  # text is interpreted by the field's type in from_dict
     return from_dict(type(config), data)
 
 
