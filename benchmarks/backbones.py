@@ -1,7 +1,8 @@
 """Throughput and peak memory of every registry backbone at its default input size, fp32 vs bf16 autocast.
 
-Models whose weights are not on this machine are listed as skipped. Run:
-``python benchmarks/backbones.py [--device cuda] [--batch 8] [--names clip-tiny dino-tiny]``.
+Models whose weights are not on this machine are listed as skipped, unless ``--random`` builds their
+architectures with random weights (no download; speed and memory do not depend on the values). Run:
+``python benchmarks/backbones.py [--device cuda] [--batch 8] [--names clip-tiny dino-tiny] [--random]``.
 On CUDA the memory column is the peak allocated by torch during the run; on CPU it is the process's peak
 resident set so far (a running maximum, so only its growth between rows says something).
 """
@@ -63,16 +64,18 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: the best available")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--random", action="store_true",
+                        help="build every model with random weights instead of loading them (weights='random')")
     args = parser.parse_args()
     device = pick_device(args.device)
     print(f"device={device} batch={args.batch} iters={args.iters} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} weights={'random' if args.random else 'pretrained'}")
     print(f"{'backbone':18} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>9} "
           f"{'fp32 MiB':>9} {'bf16 MiB':>9} {'anchors s':>9}")
     for name in args.names:
         spec = BACKBONES[name]
         try:
-            extractor = build_backbone(name, device=device)
+            extractor = build_backbone(name, weights="random" if args.random else None, device=device)
         except WeightsNotFoundError:
             print(f"{name:18} skipped: weights not on this machine ({spec.hub_id})")
             continue

@@ -325,3 +325,57 @@ def test_hub_checkpoint_layouts_load(tmp_path, name, legacy):
     with torch.no_grad():
         expected = reference(pixel_values=extractor.normalize(x)).pooler_output
         torch.testing.assert_close(extractor(x, [2]).global_embedding, expected)
+
+
+# weights="random": the hub architectures in code. Only their configs are checked here, plus one ViT-B
+# forward; ViT-L models take too long to build for the test suite.
+@pytest.mark.parametrize("name, vision, text, extra, parameters", [
+    ("clip-vit-b16", (768, 12, 12, 16, 224), (512, 12, 8), {"projection_dim": 512}, 149_620_737),
+    ("clip-vit-l14", (1024, 24, 16, 14, 224), (768, 12, 12), {"projection_dim": 768}, 427_616_513),
+    ("clip-vit-l14-336", (1024, 24, 16, 14, 336), (768, 12, 12), {"projection_dim": 768}, 427_944_193),
+    ("dinov2-vit-l14", (1024, 24, 16, 14, 518), None, {"mlp_ratio": 4, "layerscale_value": 1.0}, 304_368_640),
+    ("dinov3-vit-l16", (1024, 24, 16, 16, 224), None,
+     {"num_register_tokens": 4, "intermediate_size": 4096, "layerscale_value": 1.0, "rope_theta": 100.0,
+      "use_gated_mlp": False}, 303_129_600),
+])
+def test_random_configs_are_the_hub_architectures(name, vision, text, extra, parameters):
+    from transformers import DINOv3ViTModel
+
+    from zsad.backbones.registry import random_config
+
+    spec = BACKBONES[name]
+    config = random_config(spec)
+    vision_config = config.vision_config if spec.family == "clip" else config
+    assert (vision_config.hidden_size, vision_config.num_hidden_layers, vision_config.num_attention_heads,
+            vision_config.patch_size, vision_config.image_size) == vision
+    assert (spec.width, spec.num_layers, spec.patch_size) == (vision[0], vision[1], vision[3])
+    if text is not None:
+        text_config = config.text_config
+        assert (text_config.hidden_size, text_config.num_hidden_layers, text_config.num_attention_heads) == text
+        assert text_config.intermediate_size == 4 * text[0] and text_config.vocab_size == 49408
+        assert vision_config.intermediate_size == 4 * vision[0]
+    assert all(getattr(config, key) == value for key, value in extra.items())
+    model_class = {"clip": CLIPModel, "dinov2": Dinov2Model, "dinov3": DINOv3ViTModel}[spec.family]
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = model_class(config)
+    assert sum(p.numel() for p in model.parameters()) == parameters  # as the hub checkpoints count them
+
+
+def test_random_clip_b16_has_the_registry_shapes():
+    extractor = build_backbone("clip-vit-b16", weights="random")
+    spec = BACKBONES["clip-vit-b16"]
+    with torch.inference_mode():
+        features = extractor(images(spec.image_size, batch=1))
+        text = extractor.text.encode(["a photo of a screw"])
+    grid = spec.image_size // spec.patch_size
+    assert features.grid == (grid, grid) and features.layers == (3, 6, 9, 12)
+    assert all(tokens.shape == (1, grid * grid, spec.width) for tokens in features.patch_tokens)
+    assert features.global_embedding.shape == text.shape == (1, 512)
+    assert extractor.text.token_embedding.weight.shape == (49408, 512)
+
+
+def test_random_tiny_is_the_builtin_tiny(clip):
+    state = build_backbone("clip-tiny", weights="random").state_dict()
+    assert all(torch.equal(state[k], v) for k, v in clip.state_dict().items())
+    text = build_text_encoder("clip-tiny", weights="random")
+    assert torch.equal(text.token_embedding.weight, clip.text.token_embedding.weight)

@@ -1,4 +1,12 @@
-"""Backbone names users type, what they stand for, and how to build them."""
+"""Backbone names users type, what they stand for, and how to build them.
+
+``weights="random"`` builds a name's exact architecture (its hub checkpoint's config) with fixed-seed
+random weights. It exists to measure speed and memory and to test shapes at full size with nothing to
+download: features take the same extractor code path as real weights but carry no information. CLIP's
+text tower then reads the tiny in-code tokenizer (:mod:`zsad.backbones.tiny`) through the real 49408-row
+embedding, so shapes match but text embeddings mean nothing either. For the tiny names, ``"random"`` is
+their usual in-code model. (A weights folder named ``random`` is passed as ``./random``.)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import CLIPModel, Dinov2Model, DINOv3ViTModel, PreTrainedTokenizerBase
+from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel,
+                          PretrainedConfig, PreTrainedTokenizerBase)
 
 from zsad.backbones import tiny
 from zsad.backbones.base import FeatureExtractor
@@ -18,11 +27,14 @@ from zsad.runtime import pick_device
 
 Family = Literal["clip", "dinov2", "dinov3"]
 _MODEL_TYPES = {"clip": "clip", "dinov2": "dinov2", "dinov3": "dinov3_vit"}
+RANDOM = "random"  # the ``weights`` value that builds the architecture with seeded random weights
+CLIP_VOCAB_SIZE = 49408
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry. ``hub_id`` is None for the tiny models built in code."""
+    """A registry entry. ``hub_id`` is None for the tiny models built in code; ``text_width`` is the CLIP
+    text tower's width (OpenAI's equals the joint embedding size), None for DINO and the tiny CLIP."""
 
     name: str
     family: Family
@@ -32,6 +44,7 @@ class BackboneSpec:
     width: int
     num_layers: int
     summary: str
+    text_width: int | None = None
 
     @property
     def builtin(self) -> bool:
@@ -42,11 +55,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec("clip-vit-b16", "clip", "openai/clip-vit-base-patch16", 224, 16, 768, 12,
-                     "OpenAI CLIP ViT-B/16, the fast variant"),
+                     "OpenAI CLIP ViT-B/16, the fast variant", text_width=512),
         BackboneSpec("clip-vit-l14", "clip", "openai/clip-vit-large-patch14", 224, 14, 1024, 24,
-                     "OpenAI CLIP ViT-L/14"),
+                     "OpenAI CLIP ViT-L/14", text_width=768),
         BackboneSpec("clip-vit-l14-336", "clip", "openai/clip-vit-large-patch14-336", 336, 14, 1024, 24,
-                     "OpenAI CLIP ViT-L/14@336, the default of the CLIP methods (often run at 518 px)"),
+                     "OpenAI CLIP ViT-L/14@336, the default of the CLIP methods (often run at 518 px)",
+                     text_width=768),
         # 518 px: the native 37x37 position grid of the checkpoint (no interpolation), and the pixel count
         # the CLIP methods run at, so DINOv2 and CLIP maps are compared at equal resolution.
         BackboneSpec("dinov2-vit-l14", "dinov2", "facebook/dinov2-large", 518, 14, 1024, 24,
@@ -70,8 +84,9 @@ def get_spec(name: str) -> BackboneSpec:
 
 def build_backbone(name: str, weights: str | None = None,
                    device: torch.device | str | None = None) -> FeatureExtractor:
-    """The frozen feature extractor ``name``, from ``weights`` (a local ``save_pretrained`` folder or a hub
-    id; default: the registry's hub id, or the in-code tiny model), on ``device`` (default: CPU)."""
+    """The frozen feature extractor ``name``, from ``weights`` (a local ``save_pretrained`` folder, a hub
+    id, or ``"random"``, see the module docstring; default: the registry's hub id, or the in-code tiny
+    model), on ``device`` (default: CPU)."""
     spec = get_spec(name)
     if spec.family == "clip":
         model = _clip_model(spec, weights)
@@ -84,13 +99,14 @@ def build_backbone(name: str, weights: str | None = None,
 
 def build_text_encoder(name: str, weights: str | None = None,
                        device: torch.device | str | None = None) -> CLIPTextEncoder:
-    """The frozen CLIP text tower of ``name`` (only the text half of the checkpoint is loaded)."""
+    """The frozen CLIP text tower of ``name`` (only the text half of the checkpoint is loaded; random
+    weights build the whole model, so the tower equals :func:`build_backbone`'s)."""
     spec = get_spec(name)
     if spec.family != "clip":
         clip_names = ", ".join(n for n, s in BACKBONES.items() if s.family == "clip")
         raise ConfigError(f"backbone {name!r} has no text encoder; use a CLIP name ({clip_names})")
-    if spec.builtin and weights is None:
-        model = tiny.tiny_clip()
+    if _is_random(spec, weights):
+        model = _clip_model(spec, weights)
         text_model, projection = model.text_model, model.text_projection
     else:
         source = resolve_source(weights or spec.hub_id)
@@ -102,25 +118,54 @@ def build_text_encoder(name: str, weights: str | None = None,
     return CLIPTextEncoder(text_model, projection, _clip_tokenizer(spec, weights)).to(_device(device))
 
 
+def random_config(spec: BackboneSpec) -> PretrainedConfig:
+    """The Hugging Face config of ``spec``'s architecture, as its hub checkpoint has it (tiny: in code).
+
+    Every model here has 64-wide heads and a 4x MLP; HF's defaults hold the rest (CLIP's quick GELU,
+    DINOv2's LayerScale, DINOv3's RoPE base, biases and LayerScale). The position grid is the registry
+    size for CLIP and DINOv2 (37x37 at 518 px); DINOv3's RoPE has none, so its config keeps 224.
+    """
+    if spec.builtin:
+        return tiny.tiny_clip_config() if spec.family == "clip" else tiny.tiny_dino_config()
+    vision = dict(hidden_size=spec.width, num_hidden_layers=spec.num_layers, num_attention_heads=spec.width // 64,
+                  patch_size=spec.patch_size)
+    if spec.family == "dinov2":
+        return Dinov2Config(mlp_ratio=4, image_size=spec.image_size, **vision)
+    vision["intermediate_size"] = 4 * spec.width
+    if spec.family == "dinov3":
+        return DINOv3ViTConfig(num_register_tokens=4, **vision)
+    width = spec.text_width
+    text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=12,
+                num_attention_heads=width // 64, max_position_embeddings=tiny.CONTEXT_LENGTH,
+                **tiny.special_token_ids())
+    return CLIPConfig(text_config=text, vision_config=dict(image_size=spec.image_size, **vision),
+                      projection_dim=width)
+
+
+def _is_random(spec: BackboneSpec, weights: str | None) -> bool:
+    return weights == RANDOM or (spec.builtin and weights is None)
+
+
 def _clip_model(spec: BackboneSpec, weights: str | None) -> CLIPModel:
-    if spec.builtin and weights is None:
-        return tiny.tiny_clip()
+    if _is_random(spec, weights):
+        return tiny.seeded(lambda: CLIPModel(random_config(spec)))
     source = resolve_source(weights or spec.hub_id)
     return load_model(CLIPModel, source, spec.name, load_config(source, "clip", spec.name))
 
 
 def _clip_tokenizer(spec: BackboneSpec, weights: str | None) -> PreTrainedTokenizerBase:
-    # The tiny tokenizer is part of the tiny model's definition, so it comes from code even for a folder.
-    if spec.builtin:
+    # The tiny tokenizer is part of the tiny model's definition, so it comes from code even for a folder;
+    # random weights have no tokenizer to load.
+    if spec.builtin or weights == RANDOM:
         return tiny.tiny_tokenizer()
     return load_tokenizer(resolve_source(weights or spec.hub_id), spec.name)
 
 
 def _dino_model(spec: BackboneSpec, weights: str | None) -> Dinov2Model | DINOv3ViTModel:
-    if spec.builtin and weights is None:
-        return tiny.tiny_dino()
-    source = resolve_source(weights or spec.hub_id)
     model_class = Dinov2Model if spec.family == "dinov2" else DINOv3ViTModel
+    if _is_random(spec, weights):
+        return tiny.seeded(lambda: model_class(random_config(spec)))
+    source = resolve_source(weights or spec.hub_id)
     return load_model(model_class, source, spec.name, load_config(source, _MODEL_TYPES[spec.family], spec.name))
 
 

@@ -1,13 +1,16 @@
 """Tiny random-initialised CLIP and DINOv3 models, built in code.
 
 They let tests and demos exercise the real Hugging Face code path with no download. Weights are drawn
-from a private, fixed-seed random stream, so every process builds identical models whatever the global
-RNG state. ``dino-tiny`` is a DINOv3 (register tokens and RoPE), so register dropping is exercised too.
+from a private, fixed-seed random stream (:func:`seeded`, also behind ``weights="random"`` for the
+full-size registry models), so every process builds identical models whatever the global RNG state.
+``dino-tiny`` is a DINOv3 (register tokens and RoPE), so register dropping is exercised too.
 """
 
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -16,6 +19,7 @@ from transformers import CLIPConfig, CLIPModel, DINOv3ViTConfig, DINOv3ViTModel,
 SEED = 20240917
 CONTEXT_LENGTH = 77
 PAD, UNK, START, END = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
+M = TypeVar("M", bound=torch.nn.Module)
 
 # Words of the prompt ensembles get one token each so sentences stay short; anything else (class names
 # included) falls back to one token per character.
@@ -41,11 +45,16 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token=UNK, model_max_length=CONTEXT_LENGTH)
 
 
-def tiny_clip_config() -> CLIPConfig:
+def special_token_ids() -> dict[str, int]:
+    """The tokenizer's pad, start and end ids, under the names a CLIP text config gives them."""
     tokenizer = tiny_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+
+
+def tiny_clip_config() -> CLIPConfig:
+    text = dict(vocab_size=len(tiny_tokenizer()), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, **special_token_ids())
     vision = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3,
                   image_size=224, patch_size=16)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
@@ -57,14 +66,14 @@ def tiny_dino_config() -> DINOv3ViTConfig:
 
 
 def tiny_clip() -> CLIPModel:
-    return _seeded(lambda: CLIPModel(tiny_clip_config()))
+    return seeded(lambda: CLIPModel(tiny_clip_config()))
 
 
 def tiny_dino() -> DINOv3ViTModel:
-    return _seeded(lambda: DINOv3ViTModel(tiny_dino_config()))
+    return seeded(lambda: DINOv3ViTModel(tiny_dino_config()))
 
 
-def _seeded(build):
+def seeded(build: Callable[[], M]) -> M:
     """Run ``build`` on a private CPU random stream seeded with :data:`SEED`; global RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+# Under the table and in --help, since "no" in the cached column does not mean a name cannot run here.
+RANDOM_NOTE = ("--weights random builds any of them offline with seeded random weights: the real architecture, "
+               "for speed, memory and shape checks only (its features and text embeddings mean nothing)")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("backbones", help="list the available backbones")
+    p = sub.add_parser("backbones", help="list the available backbones", description=RANDOM_NOTE)
     p.set_defaults(func=run)
 
 
@@ -17,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from zsad.backbones import BACKBONES
 
-    table = Table(title="backbones")
+    table = Table(title="backbones", caption=RANDOM_NOTE)
     for column in ("name", "family", "hub id"):
         table.add_column(column, no_wrap=True)
     for column in ("size", "patch", "width", "blocks", "cached", "summary"):
