@@ -25,7 +25,8 @@ def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a t
     p.add_argument("--method", help="method name (see `zsad methods`)")
     p.add_argument("--checkpoint", type=Path, help=checkpoint_help)
     p.add_argument("--backbone", help="backbone name (see `zsad backbones`); default: the method's")
-    p.add_argument("--weights", help="local weights folder or hub id for the backbone")
+    p.add_argument("--weights", help="local weights folder or hub id for the backbone (random: untrained "
+                   "architecture, for speed checks only)")
     p.add_argument("--image-size", type=int, help="input size in pixels (default: the method's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config field (repeatable), e.g. --set lookup=dense")
