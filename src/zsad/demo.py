@@ -29,7 +29,7 @@ from zsad.data.synthetic import write_synthetic
 from zsad.data.types import class_name
 from zsad.engine.build import build_method
 from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE
-from zsad.engine.evaluate import EvalConfig, Evaluator, plan_runs, results_document, write_results
+from zsad.engine.evaluate import EvalConfig, evaluate, write_results
 from zsad.engine.predict import PredictConfig, PredictSummary, list_files, predict_images
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
@@ -155,15 +155,12 @@ def _evaluate(name: str, checkpoint: Path | None, target: Path, out: Path, plan:
     method = build_method(name, checkpoint=checkpoint, backbone=plan.backbone, image_size=plan.image_size)
     dataset = open_dataset(f"mvtec:{target}")
     config = EvalConfig(shots=plan.shots, seeds=plan.seeds, batch_size=plan.batch_size)
-    runs = plan_runs(dataset, config, method)
     collector = ReportCollector()
+    meta = {"method": name, "dataset": f"mvtec:{target}", "checkpoint": str(checkpoint or ""),
+            "eval": to_dict(config), "method_config": to_dict(method.config)}
     with progress_bar(console, f"evaluating {name}") as advance:
-        evaluator = Evaluator(method, dataset, config, progress=advance, on_predictions=collector)
-        advance.total(evaluator.count_images(runs))
-        results = [evaluator.run(run) for run in runs]
-    document = results_document(results, {"method": name, "dataset": f"mvtec:{target}",
-                                           "checkpoint": str(checkpoint or ""), "eval": to_dict(config),
-                                           "method_config": to_dict(method.config)})
+        document = evaluate(method, dataset, config, meta, progress=advance, on_predictions=collector,
+                            on_total=advance.total)
     write_results(out, document)
     collector.write(out, document)
     summary = document["summary"][str(max(plan.shots))]["mean"]
