@@ -12,7 +12,7 @@ from zsad.data.types import Batch
 from zsad.engine.build import build_method
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
-from zsad.methods.anomalyclip import AnomalyClip, value_value_attention
+from zsad.methods.anomalyclip import AnomalyClip
 from zsad.methods.losses import anchor_logits
 from zsad.metrics import auroc
 
@@ -31,13 +31,16 @@ def images() -> torch.Tensor:
 
 
 def test_value_value_attention_is_per_head_softmax_of_values_against_values():
-    attention = tiny().backbone.blocks[0].self_attn
-    x = torch.randn(2, 5, attention.embed_dim)
+    backbone = tiny().backbone
+    block = backbone.blocks[0]
+    attention = block.self_attn
+    hidden = torch.randn(2, 5, attention.embed_dim)
+    x = block.layer_norm1(hidden)
     heads, dim = attention.num_heads, attention.head_dim
     v = attention.v_proj(x).view(2, 5, heads, dim)
     mixed = torch.stack([torch.softmax(v[:, :, h] @ v[:, :, h].transpose(1, 2) * attention.scale, -1) @ v[:, :, h]
                          for h in range(heads)], 2)
-    torch.testing.assert_close(value_value_attention(attention, x), attention.out_proj(mixed.reshape(2, 5, -1)))
+    torch.testing.assert_close(backbone.value_value_attention(1, hidden), attention.out_proj(mixed.reshape(2, 5, -1)))
 
 
 def test_vv_path_starts_at_its_block_and_leaves_the_original_path_alone(images):

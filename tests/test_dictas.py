@@ -17,7 +17,8 @@ from zsad.engine.evaluate import EvalConfig, evaluate, load_images
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError, DataError
 from zsad.methods.dictas import DictAS
-from zsad.methods.dictas.lookup import lookup, neighbourhood_mean
+from zsad.methods.dictas.lookup import lookup
+from zsad.methods.maps import neighbourhood_mean
 from zsad.methods.dictas.pairs import occlusion_mask, reference_views
 
 SIZE = 128  # 8 x 8 patches on the tiny backbone

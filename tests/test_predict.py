@@ -17,7 +17,7 @@ from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse
 from zsad.engine.predict import PredictConfig, list_files, overlay_names, predict_images
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig, Prediction
-from zsad.report.overlay import GAP, PREDICTED_COLOUR
+from zsad.overlay import GAP, PREDICTED_COLOUR
 
 SIZE = 32
 

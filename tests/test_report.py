@@ -24,7 +24,7 @@ from zsad.methods.base import Method, MethodConfig, Prediction
 from zsad.metrics import aupro, auroc
 from zsad.report import ReportCollector, ReportData
 from zsad.report.curves import GRIDS, interpolated_precision, on_grid, run_curves
-from zsad.report.overlay import heat_colours, outline
+from zsad.overlay import heat_colours, outline
 
 
 class _NoBackbone(nn.Module):

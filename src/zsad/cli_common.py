@@ -1,10 +1,8 @@
-"""Arguments and helpers shared by several subcommands (method selection, progress bars, lists)."""
+"""Arguments and helpers shared by several subcommands (method selection, lists)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from zsad.errors import ConfigError
@@ -51,30 +49,3 @@ def run_device(name: str | None):
     from zsad.runtime import pick_device
 
     return init_from_env(name) or pick_device(name)
-
-
-class _Advance:
-    """A callable that advances a rich progress task; ``total(n)`` sets its length."""
-
-    def __init__(self, progress, task) -> None:
-        self._progress, self._task = progress, task
-
-    def __call__(self, n: int = 1) -> None:
-        self._progress.advance(self._task, n)
-
-    def total(self, n: int) -> None:
-        self._progress.update(self._task, total=n)
-
-    def info(self, text: str) -> None:
-        self._progress.update(self._task, info=text)
-
-
-@contextlib.contextmanager
-def progress_bar(console, description: str) -> Iterator[_Advance]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, transient=False) as progress:
-        task = progress.add_task(description, total=None, info="")
-        yield _Advance(progress, task)
-

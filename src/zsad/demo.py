@@ -22,11 +22,10 @@ from pathlib import Path
 from rich.console import Console
 
 from zsad import io
-from zsad.cli_common import progress_bar
+from zsad.progress import progress_bar
 from zsad.config import to_dict
 from zsad.data import open_dataset
 from zsad.data.synthetic import write_synthetic
-from zsad.data.types import class_name
 from zsad.engine.build import build_method
 from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
@@ -174,7 +173,7 @@ def _predict(name: str, checkpoint: Path | None, target: Path, out: Path, plan: 
     """Predict the first target category's test folder, calibrated on its normal train images."""
     method = build_method(name, checkpoint=checkpoint, backbone=plan.backbone, image_size=plan.image_size)
     category = sorted(p for p in target.iterdir() if p.is_dir())[0]
-    config = PredictConfig(class_name=class_name(category.name), threshold=IMAGE_RULE, pixel_threshold=PIXEL_RULE,
+    config = PredictConfig(class_name=category.name, threshold=IMAGE_RULE, pixel_threshold=PIXEL_RULE,
                            batch_size=plan.batch_size)
     with progress_bar(console, f"predicting with {name}") as advance:
         advance.total(len(list_files(category / "test")[1]))

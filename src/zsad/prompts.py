@@ -62,7 +62,10 @@ MOECLIP = PromptSet(
 
 
 def clean_class_name(class_name: str) -> str:
-    """Folder-style names read as words (``metal_nut`` -> ``metal nut``); an empty name is ``object``."""
+    """The one normaliser of class names, applied wherever a name enters a prompt, so evaluation (folder
+    names) and prediction (``--class-name``) build the same sentences: underscores read as spaces
+    (``metal_nut`` -> ``metal nut``, as the reference codes do), hyphens and digits stay (``pcb-1``), an
+    empty name is ``object``."""
     return " ".join(class_name.replace("_", " ").split()) or DEFAULT_CLASS_NAME
 
 

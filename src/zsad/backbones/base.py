@@ -54,6 +54,17 @@ class TextEncoder(nn.Module):
         (per layer ``[n, width]``) as in AnomalyCLIP. The end-of-text position is taken from the ids."""
         raise NotImplementedError
 
+    def eot_features(self, token_ids: Tensor, token_embeddings: Tensor | None = None,
+                     deep_prompts: list[Tensor | None] | None = None) -> Tensor:
+        """End-of-text tokens after the final LayerNorm, ``[T, width]``, before the projection (for
+        methods that learn their own projection)."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Number of blocks of the text transformer (deep prompts enter blocks ``2 .. depth``)."""
+        raise NotImplementedError
+
     @property
     def token_embedding(self) -> nn.Embedding:
         raise NotImplementedError
@@ -105,13 +116,23 @@ class FeatureExtractor(nn.Module):
         """Apply ``adapter`` to the residual stream after ``block``; None removes it."""
         raise NotImplementedError
 
-    def project(self, tokens: Tensor) -> Tensor:
-        """CLIP only: tokens ``[..., C]`` into the joint space (post_layernorm + visual_projection)."""
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        """The tower's last normalisation (CLIP's ``post_layernorm``, DINO's final norm) on ``[..., C]``."""
+        raise NotImplementedError
+
+    def project(self, tokens: Tensor, normalize: bool = True) -> Tensor:
+        """CLIP only: tokens ``[..., C]`` into the joint space, ``visual_projection(final_norm(x))``, or
+        the projection alone with ``normalize=False`` (AnomalyCLIP's global embedding)."""
         raise NotImplementedError(f"{self.name} has no joint image-text space")
 
-    def grid_for(self, image_size: int) -> tuple[int, int]:
-        side = image_size // self.patch_size
-        return side, side
+    def value_value_attention(self, block: int, hidden: Tensor) -> Tensor:
+        """Block ``block``'s self-attention with values as queries and keys (DPAM, AnomalyCLIP's v-v
+        path), on the block's normalised input ``hidden`` ``[B, T, C]``; no residual, no feed-forward."""
+        raise NotImplementedError(f"{self.name} has no value-value attention path")
+
+    def grid_for(self, height: int, width: int | None = None) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` of an image of ``height × width`` pixels (``width`` defaults to ``height``)."""
+        return height // self.patch_size, (height if width is None else width) // self.patch_size
 
     def normalize(self, images: Tensor) -> Tensor:
         mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)

@@ -3,9 +3,11 @@ a text encoder with hooks for learnable prompts."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
@@ -14,6 +16,8 @@ from zsad.backbones.base import TextEncoder
 from zsad.backbones.vit import ViTExtractor
 from zsad.errors import ConfigError, DataError
 
+# transformers renamed the cache argument (``past_key_values`` -> ``cache``) and warns on the old name.
+_NO_CACHE = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -48,6 +52,10 @@ class CLIPTextEncoder(TextEncoder):
     @property
     def token_embedding(self) -> nn.Embedding:
         return self.model.embeddings.token_embedding
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.encoder.layers)
 
     def tokenize(self, texts: list[str]) -> Tensor:
         """Ids ``[T, context_length]`` on the encoder's device. Over-long sentences are cut and still end
@@ -93,7 +101,7 @@ class CLIPTextEncoder(TextEncoder):
         else:
             hidden = self.model.embeddings(inputs_embeds=token_embeddings[:, :length])
         mask = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=None,
-                                  past_key_values=None)
+                                  **{_NO_CACHE: None})
         for i, layer in enumerate(self.model.encoder.layers, start=1):
             hidden = layer(hidden, mask, is_causal=True)
             prompt = deep_prompts[i - 1] if deep_prompts is not None and i <= len(deep_prompts) else None
@@ -131,9 +139,24 @@ class CLIPExtractor(ViTExtractor):
     def blocks(self) -> nn.ModuleList:
         return self.vision.encoder.layers
 
-    def project(self, tokens: Tensor) -> Tensor:
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        return self.vision.post_layernorm(tokens)
+
+    def project(self, tokens: Tensor, normalize: bool = True) -> Tensor:
         """Tokens ``[..., C]`` into the joint image-text space: ``visual_projection(post_layernorm(x))``."""
-        return self.projection(self.vision.post_layernorm(tokens))
+        return self.projection(self.final_norm(tokens) if normalize else tokens)
+
+    def value_value_attention(self, block: int, hidden: Tensor) -> Tensor:
+        """``softmax(v vᵀ · scale) v`` of block ``block``'s heads on ``layer_norm1(hidden)``, through its
+        output projection."""
+        layer = self.blocks[block - 1]
+        attention = layer.self_attn
+        x = layer.layer_norm1(hidden)
+        b, t, c = x.shape
+        heads = attention.num_heads
+        v = attention.v_proj(x).view(b, t, heads, c // heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(v, v, v, scale=attention.scale)
+        return attention.out_proj(out.transpose(1, 2).reshape(b, t, c))
 
     def _embed(self, pixels: Tensor) -> Tensor:
         # Interpolating is a no-op at the pretraining size and bicubic on the position grid otherwise.

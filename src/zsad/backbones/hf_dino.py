@@ -49,6 +49,9 @@ class DinoExtractor(ViTExtractor):
         stand_in = weight.new_empty(()).expand(1, 1, h * self.patch_size, w * self.patch_size)
         return {"position_embeddings": self.model.rope_embeddings(stand_in)}
 
-    def _global_embedding(self, cls_token: Tensor) -> Tensor:
+    def final_norm(self, tokens: Tensor) -> Tensor:
         norm = self.model.norm if self._rotary else self.model.layernorm
-        return norm(cls_token)
+        return norm(tokens)
+
+    def _global_embedding(self, cls_token: Tensor) -> Tensor:
+        return self.final_norm(cls_token)

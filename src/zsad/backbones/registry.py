@@ -10,9 +10,6 @@ their usual in-code model. (A weights folder named ``random`` is passed as ``./r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, DINOv3ViTConfig, DINOv3ViTModel,
                           PretrainedConfig, PreTrainedTokenizerBase)
@@ -21,65 +18,14 @@ from zsad.backbones import tiny
 from zsad.backbones.base import FeatureExtractor
 from zsad.backbones.hf_clip import CLIPExtractor, CLIPTextEncoder, CLIPTextTower
 from zsad.backbones.hf_dino import DinoExtractor
+from zsad.backbones.specs import BACKBONES, BackboneSpec, get_spec
 from zsad.backbones.weights import load_config, load_model, load_tokenizer, resolve_source
 from zsad.errors import ConfigError
 from zsad.runtime import pick_device
 
-Family = Literal["clip", "dinov2", "dinov3"]
 _MODEL_TYPES = {"clip": "clip", "dinov2": "dinov2", "dinov3": "dinov3_vit"}
 RANDOM = "random"  # the ``weights`` value that builds the architecture with seeded random weights
 CLIP_VOCAB_SIZE = 49408
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A registry entry. ``hub_id`` is None for the tiny models built in code; ``text_width`` is the CLIP
-    text tower's width (OpenAI's equals the joint embedding size), None for DINO and the tiny CLIP."""
-
-    name: str
-    family: Family
-    hub_id: str | None
-    image_size: int  # default input size in pixels
-    patch_size: int
-    width: int
-    num_layers: int
-    summary: str
-    text_width: int | None = None
-
-    @property
-    def builtin(self) -> bool:
-        return self.hub_id is None
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("clip-vit-b16", "clip", "openai/clip-vit-base-patch16", 224, 16, 768, 12,
-                     "OpenAI CLIP ViT-B/16, the fast variant", text_width=512),
-        BackboneSpec("clip-vit-l14", "clip", "openai/clip-vit-large-patch14", 224, 14, 1024, 24,
-                     "OpenAI CLIP ViT-L/14", text_width=768),
-        BackboneSpec("clip-vit-l14-336", "clip", "openai/clip-vit-large-patch14-336", 336, 14, 1024, 24,
-                     "OpenAI CLIP ViT-L/14@336, the default of the CLIP methods (often run at 518 px)",
-                     text_width=768),
-        # 518 px: the native 37x37 position grid of the checkpoint (no interpolation), and the pixel count
-        # the CLIP methods run at, so DINOv2 and CLIP maps are compared at equal resolution.
-        BackboneSpec("dinov2-vit-l14", "dinov2", "facebook/dinov2-large", 518, 14, 1024, 24,
-                     "DINOv2 ViT-L/14 (no registers)"),
-        BackboneSpec("dinov3-vit-l16", "dinov3", "facebook/dinov3-vitl16-pretrain-lvd1689m", 448, 16, 1024, 24,
-                     "DINOv3 ViT-L/16, 4 register tokens dropped, RoPE"),
-        BackboneSpec("clip-tiny", "clip", None, 224, 16, 192, 4,
-                     "random-initialised tiny CLIP for tests and demos (no download)"),
-        BackboneSpec("dino-tiny", "dinov3", None, 224, 16, 192, 4,
-                     "random-initialised tiny DINOv3 for tests and demos (no download)"),
-    )
-}
-
-
-def get_spec(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
 def build_backbone(name: str, weights: str | None = None,

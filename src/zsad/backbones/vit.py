@@ -19,11 +19,9 @@ the vision tower without copying model code:
               ...                                             # your own computation with its weights
       patches = hidden[:, extractor.num_prefix_tokens:]       # row-major on ``grid``
 
-  ``grid`` is ``extractor.grid_for(size)`` (or ``Features.grid``); only DINOv3's RoPE needs it. The HF
-  block attribute names differ per family: CLIP blocks have ``layer_norm1``, ``self_attn`` (``q_proj``,
-  ``k_proj``, ``v_proj``, ``out_proj``, ``num_heads``, ``scale``), ``layer_norm2`` and ``mlp``; DINO blocks
-  have ``norm1``, ``attention`` (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``num_heads``,
-  ``scaling``), ``layer_scale1``, ``norm2``, ``mlp`` and ``layer_scale2``.
+  ``grid`` is ``extractor.grid_for(height, width)`` (or ``Features.grid``); only DINOv3's RoPE needs it.
+  Methods reach block internals only through the extractor's own methods (``value_value_attention``,
+  ``final_norm``, ``project``), never through Hugging Face attribute names, which differ per family.
 """
 
 from __future__ import annotations

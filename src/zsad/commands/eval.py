@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, int_list, method_from_args, progress_bar, str_list
+from zsad.cli_common import add_method_arguments, int_list, method_from_args, str_list
+from zsad.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from zsad.engine.build import build_method
     from zsad.errors import ConfigError
     from zsad.methods.spg.explain import top_atoms
-    from zsad.methods.spg.report import csv_table, explanation_figure, markdown_table
+    from zsad.report.spg import csv_table, explanation_figure, markdown_table
     from zsad.runtime import pick_device
 
     console = Console(stderr=True)
@@ -62,33 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _drivers(method, args: argparse.Namespace, console):
-    """Per-category driving atoms over the test split of ``--data`` (needs anomalous images with masks)."""
-    import torch
-
-    from zsad.cli_common import progress_bar
-    from zsad.data import make_loader, open_dataset
-    from zsad.errors import ConfigError, DataError
-    from zsad.methods.spg.explain import DecisionAttribution, patch_fractions
+    """Per-category driving atoms over the test split of ``--data``."""
+    from zsad.data import open_dataset
+    from zsad.engine.explain import category_drivers
+    from zsad.progress import progress_bar
 
     dataset = open_dataset(args.data)
     categories = args.categories or dataset.categories()
-    unknown = sorted(set(categories) - set(dataset.categories()))
-    if unknown:
-        raise ConfigError(f"{args.data}: no categories {', '.join(unknown)}")
-    with torch.inference_mode():
-        attribution = DecisionAttribution(method.codes(averaged=True), method.sae.dictionary,
-                                          method.config.temperature)
-        records = {c: dataset.records(c, "test") for c in categories}
-        with progress_bar(console, "attributing") as advance:
-            advance.total(sum(map(len, records.values())))
-            for category, items in records.items():
-                loader = make_loader(items, method.config.image_size, args.batch_size)
-                for batch in loader:
-                    tokens = method.frozen_features(batch.images.to(method.device))["tokens"]
-                    grid = (batch.images.shape[-2] // method.backbone.patch_size,
-                            batch.images.shape[-1] // method.backbone.patch_size)
-                    attribution.add(category, tokens, patch_fractions(batch.masks.to(method.device), grid))
-                    advance(len(batch))
-    if not attribution.categories:
-        raise DataError(f"{args.data}: no category has both anomalous (masked) and normal test pixels")
-    return attribution.drivers(args.top, args.shared_fraction)
+    with progress_bar(console, "attributing") as advance:
+        advance.total(sum(len(dataset.records(c, "test")) for c in categories if c in dataset.categories()))
+        return category_drivers(method, dataset, categories, args.batch_size, args.top, args.shared_fraction,
+                                progress=advance)

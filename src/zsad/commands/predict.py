@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, method_from_args, progress_bar
+from zsad.cli_common import add_method_arguments, method_from_args
+from zsad.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

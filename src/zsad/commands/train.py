@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, progress_bar, run_device
+from zsad.cli_common import add_method_arguments, run_device
+from zsad.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(config.seed)  # the method's fresh parameters are part of the run's reproducibility
     method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
                           image_size=args.image_size, overrides=overrides, device=device, partial=True)
+    if args.checkpoint:
+        console.print(f"initialised from {args.checkpoint}: {method.load_report}")
     records = training_records(datasets, config)
     with progress_bar(console, f"training {method.name}") as advance:
         trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})

@@ -65,8 +65,3 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
-
-
-def class_name(category: str) -> str:
-    """The words used for a category in text prompts (``metal_nut`` -> ``metal nut``)."""
-    return category.replace("_", " ").replace("-", " ").strip() or "object"

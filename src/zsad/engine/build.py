@@ -39,20 +39,27 @@ def build_method(name: str | None = None, *, checkpoint: str | Path | None = Non
     """A method on ``device``, from a checkpoint (its saved config, then overrides) or from defaults.
 
     ``partial`` loads whatever tensors the checkpoint has and leaves the rest freshly initialised: how a
-    later training stage starts from an earlier one (e.g. SPG's guides from its sparse autoencoder).
+    later training stage starts from an earlier one (e.g. SPG's guides from its sparse autoencoder);
+    ``method.load_report`` then says which tensors kept their fresh values.
     """
     device = device or torch.device("cpu")
     saved = read_config(checkpoint) if checkpoint else None
+    base, tensors = None, None
     if saved:
         if name and name != saved["method"]:
             raise ConfigError(f"{checkpoint}: checkpoint is for method {saved['method']!r}, not {name!r}")
         name = saved["method"]
+        tensors = load_tensors(Path(checkpoint) / WEIGHTS, device)
+        base, tensors = method_class(name).upgrade_checkpoint(saved["config"], tensors, saved["method_version"])
     if not name:
         raise ConfigError("give --method NAME or --checkpoint DIR")
-    config = method_config(name, saved["config"] if saved else None, backbone, image_size, overrides)
+    config = method_config(name, base, backbone, image_size, overrides)
     extractor = build_backbone(config.backbone, weights=weights, device=device)
     method = method_class(name)(extractor, config).to(device)
-    if saved:
-        method.load_method_state_dict(load_tensors(Path(checkpoint) / WEIGHTS, device), partial=partial)
+    if tensors is not None:
+        try:
+            method.load_report = method.load_method_state_dict(tensors, partial=partial)
+        except ConfigError as err:
+            raise ConfigError(f"{checkpoint}: {err}") from None
     method.eval()
     return method

@@ -2,13 +2,19 @@
 
 Layout of a checkpoint folder::
 
-    config.json          {"format": "zsad-checkpoint", "method": name, "config": {...}, "epoch": n, ...}
+    config.json          {"format": "zsad-checkpoint", "format_version": 1, "zsad_version": "...",
+                          "method": name, "method_version": n, "config": {...}, "epoch": n, ...}
     model.safetensors    the method's own tensors (never the frozen backbone's)
     train_state.json     optimizer/scheduler scalars and structure   (training runs only)
     train_state.safetensors  optimizer tensors                         (training runs only)
 
 Every file is written to a temporary name and renamed into place, and ``config.json`` is written last,
 so a crash leaves either the previous complete checkpoint or the new one.
+
+``format_version`` versions this layout and ``method_version`` the method's config fields and tensor
+names (:attr:`zsad.methods.base.Method.config_version`). Reading upgrades older files step by step
+(:data:`FORMAT_UPGRADES`, then :meth:`~zsad.methods.base.Method.upgrade_checkpoint`) and refuses files
+written by a newer zsad instead of misreading them.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from zsad import io
+from zsad import __version__, io
 from zsad.errors import ConfigError
 
 FORMAT = "zsad-checkpoint"
+FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE_JSON = "train_state.json"
@@ -46,13 +53,23 @@ def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Te
         raise ConfigError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def _unversioned_to_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints written before versioning: their method configs were version 1."""
+    return {**data, "method_version": data.get("method_version", 1)}
+
+
+# FORMAT_UPGRADES[v] turns a version-v config.json into version v + 1.
+FORMAT_UPGRADES = {0: _unversioned_to_1}
+
+
 def save_checkpoint(directory: str | Path, method_name: str, config: dict[str, Any],
-                    tensors: dict[str, Tensor], **meta: Any) -> Path:
+                    tensors: dict[str, Tensor], method_version: int = 1, **meta: Any) -> Path:
     """Write an inference checkpoint (weights, then config) into ``directory``."""
     directory = Path(directory)
     save_tensors(directory / WEIGHTS, tensors)
-    io.write_text(directory / CONFIG, json.dumps({"format": FORMAT, "method": method_name, "config": config,
-                                                 **meta}, indent=2))
+    io.write_text(directory / CONFIG, json.dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "zsad_version": __version__, "method": method_name,
+        "method_version": method_version, "config": config, **meta}, indent=2))
     return directory
 
 
@@ -67,9 +84,17 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
-    if data.get("format") != FORMAT or "method" not in data:
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "method" not in data:
         raise ConfigError(f"{path}: not a zsad checkpoint config")
-    return data
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(f"{path}: checkpoint format version {version!r} was written by a newer zsad "
+                          f"({data.get('zsad_version', '?')}); this is zsad {__version__}, which reads up to "
+                          f"{FORMAT_VERSION}")
+    while version < FORMAT_VERSION:
+        data = FORMAT_UPGRADES[version](data)
+        version += 1
+    return {**data, "format_version": version}
 
 
 def flatten_state(state: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from zsad import io
 from zsad.data import AnomalyDataset, load_sample
-from zsad.data.types import Record, class_name
+from zsad.data.types import Record
 from zsad.engine import distributed
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
@@ -148,7 +148,7 @@ class Evaluator:
         ref_records, refs = self.references(run)
         device = self.method.device
         with autocast(device, self.config.precision):
-            self.method.prepare(class_name(run.category), refs)
+            self.method.prepare(run.category, refs)
         maps, scores, parts = [], [], {}
         for start in range(0, len(records), self.config.batch_size):
             batch = images[start : start + self.config.batch_size].to(device).float().div_(255)

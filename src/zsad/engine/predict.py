@@ -32,7 +32,7 @@ from zsad.engine.calibration import PIXEL_RULE, ReferenceScores, ThresholdRule, 
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.methods.maps import upsample
-from zsad.report.overlay import heatmap_overlay, png_bytes, resize_image, side_by_side
+from zsad.overlay import heatmap_overlay, png_bytes, resize_image, side_by_side
 from zsad.runtime import autocast
 
 Threshold = float | ThresholdRule | None

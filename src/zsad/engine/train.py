@@ -253,7 +253,7 @@ class Trainer:
         previous = log.read_text() if log.exists() and self.epoch > 1 else ""
         io.write_text(log, previous + json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
         save_checkpoint(self.out, self.method.name, to_dict(self.method.config), self.method.method_state_dict(),
-                        epoch=self.epoch, train=to_dict(self.config), **self.meta)
+                        self.method.config_version, epoch=self.epoch, train=to_dict(self.config), **self.meta)
 
     def resume(self) -> None:
         """Continue from the checkpoint in ``out`` (weights, optimizer, schedule, epoch counter)."""

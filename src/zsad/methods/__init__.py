@@ -7,6 +7,9 @@ from zsad.methods import knn
 from zsad.methods import moeclip  # noqa: F401
 from zsad.methods import spg  # noqa: F401
 from zsad.methods import winclip  # noqa: F401
-from zsad.methods.base import Method, MethodConfig, Prediction, available_methods, method_class, register
+from zsad.methods.base import (
+    LoadReport, Method, MethodConfig, Prediction, available_methods, method_class, register,
+)
 
-__all__ = ["Method", "MethodConfig", "Prediction", "available_methods", "method_class", "register", "knn"]
+__all__ = ["LoadReport", "Method", "MethodConfig", "Prediction", "available_methods", "method_class", "register",
+           "knn"]

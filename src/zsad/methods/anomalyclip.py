@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor, TextEncoder
-from zsad.backbones.hf_clip import CLIPExtractor
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anchor_logits, segmentation_loss
+from zsad.methods.losses import anchor_logits, anomalous_probability, segmentation_loss
 from zsad.methods.maps import anchor_map, anchor_probabilities, gaussian_blur, sigma_for
 
 SIGMA_REFERENCE_SIZE = 518  # the input size at which the paper's sigma is given
@@ -85,15 +84,6 @@ class ObjectAgnosticPrompts(nn.Module):
         return text.encode_tokens(self.token_ids, embeddings, list(self.deep.unbind(0)))
 
 
-def value_value_attention(attention: nn.Module, x: Tensor) -> Tensor:
-    """DPAM: multi-head self-attention of a CLIP block with values as queries and keys, ``[B, T, C]``."""
-    b, t, c = x.shape
-    heads = attention.num_heads
-    v = attention.v_proj(x).view(b, t, heads, c // heads).transpose(1, 2)
-    out = F.scaled_dot_product_attention(v, v, v, scale=attention.scale)
-    return attention.out_proj(out.transpose(1, 2).reshape(b, t, c))
-
-
 @register
 class AnomalyClip(Method):
     name = "anomalyclip"
@@ -105,9 +95,9 @@ class AnomalyClip(Method):
 
     def __init__(self, backbone: FeatureExtractor, config: AnomalyClipConfig) -> None:
         super().__init__(backbone, config)
-        if not isinstance(backbone, CLIPExtractor):
+        if backbone.text is None:
             raise ConfigError(f"anomalyclip runs CLIP's vision and text towers; {backbone.name!r} is not CLIP")
-        text_blocks = len(backbone.text.model.encoder.layers)
+        text_blocks = backbone.text.num_layers
         depth = config.deep_prompt_depth or round(3 * text_blocks / 4)
         if not 2 <= depth <= text_blocks:
             raise ConfigError(f"deep_prompt_depth must be in 2..{text_blocks}, got {depth}")
@@ -121,28 +111,28 @@ class AnomalyClip(Method):
         self.text_features: Tensor | None = None
 
     @property
-    def layers(self) -> tuple[int, ...]:
-        return tuple(self.config.layers) if self.config.layers else (self.backbone.num_layers,)
+    def default_layers(self) -> tuple[int, ...]:
+        """The last block (the published setting)."""
+        return (self.backbone.num_layers,)
 
     # --- the two vision paths ---------------------------------------------------------------------------
     def dual_path(self, images: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Projected v-v patch tokens of ``layers`` ``[B, L, N, D]``, the global embedding ``[B, D]``, grid."""
         backbone = self.backbone
-        grid = (images.shape[-2] // backbone.patch_size, images.shape[-1] // backbone.patch_size)
+        grid = backbone.grid_for(*images.shape[-2:])
         hidden = backbone.embed(images)
         vv: Tensor | None = None
         taken: dict[int, Tensor] = {}
         for i in range(1, backbone.num_layers + 1):
             if i >= self.vv_start:
-                block = backbone.blocks[i - 1]
-                residual = value_value_attention(block.self_attn, block.layer_norm1(hidden))
+                residual = backbone.value_value_attention(i, hidden)
                 vv = hidden + residual if vv is None else vv + residual
             hidden = backbone.run_block(i, hidden, grid)
             if i in self.layers:
                 taken[i] = hidden if vv is None else vv
         patches = torch.stack([backbone.project(taken[i][:, backbone.num_prefix_tokens:]) for i in self.layers], 1)
         cls = hidden[:, 0]
-        global_embedding = backbone.project(cls) if self.config.global_post_layernorm else backbone.projection(cls)
+        global_embedding = backbone.project(cls, normalize=self.config.global_post_layernorm)
         return patches, global_embedding, grid
 
     # --- training ---------------------------------------------------------------------------------------
@@ -160,7 +150,7 @@ class AnomalyClip(Method):
         scale = 1 / self.config.temperature
         image = F.cross_entropy(anchor_logits(features["global_embedding"], text, scale), batch.labels.long())
         size = tuple(batch.masks.shape[-2:])
-        grid = (size[0] // self.backbone.patch_size, size[1] // self.backbone.patch_size)
+        grid = self.backbone.grid_for(*size)
         patches = features["patch_tokens"]
         segmentation = sum(
             segmentation_loss(anchor_probabilities(patches[:, i], text, grid, size, scale, softmax_first=True),
@@ -187,6 +177,6 @@ class AnomalyClip(Method):
             for i in range(patches.shape[1])
         )
         anomaly_map = gaussian_blur(anomaly_map, sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE))
-        score = anchor_logits(global_embedding, self.text_features, scale).softmax(-1)[:, 1]
+        score = anomalous_probability(global_embedding, self.text_features, scale)
         return Prediction(anomaly_map, score)
 

@@ -28,12 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor
-from zsad.data.types import Batch, class_name
+from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.knn import PatchMemory, reference_tokens
-from zsad.methods.losses import anchor_logits, dice_loss, focal_loss
-from zsad.methods.maps import anchor_probabilities, gaussian_blur, upsample
+from zsad.methods.losses import anomalous_probability, segmentation_losses
+from zsad.methods.maps import anchor_probabilities, gaussian_blur, minmax, upsample
+from zsad.methods.memory import PatchMemory, reference_tokens
 from zsad.prompts import WINCLIP, text_anchors
 
 
@@ -85,12 +85,13 @@ class AprilGan(Method):
 
     def training_loss(self, batch: Batch, features: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         features = features if features is not None else self.frozen_features(batch.images)
-        anchors = torch.stack([text_anchors(self.backbone.text, class_name(c), WINCLIP) for c in batch.categories])
+        anchors = torch.stack([text_anchors(self.backbone.text, c, WINCLIP) for c in batch.categories])
         size = tuple(batch.masks.shape[-2:])
-        grid = (size[0] // self.backbone.patch_size, size[1] // self.backbone.patch_size)
+        grid = self.backbone.grid_for(*size)
         probs = self.anomaly_probabilities(features["patch_tokens"], anchors, grid, size)
-        focal = sum(focal_loss(probs[:, i], batch.masks) for i in range(probs.shape[1]))
-        dice = sum(dice_loss(probs[:, i, 1], batch.masks) for i in range(probs.shape[1]))
+        layers = [segmentation_losses(probs[:, i], batch.masks, normal_dice=False) for i in range(probs.shape[1])]
+        focal = sum(parts["focal"] for parts in layers)
+        dice = sum(parts["dice_anomaly"] for parts in layers)
         return {"loss": focal + dice, "focal": focal.detach(), "dice": dice.detach()}
 
     # --- inference --------------------------------------------------------------------------------------
@@ -111,8 +112,7 @@ class AprilGan(Method):
         probs = self.anomaly_probabilities(torch.stack([tokens[i] for i in self.layers], 1), self.anchors,
                                            features.grid, size)
         anomaly_map = probs[:, :, 1].sum(1)
-        text_logits = anchor_logits(features.global_embedding, self.anchors, self.config.logit_scale)
-        text_probability = text_logits.softmax(-1)[:, 1]
+        text_probability = anomalous_probability(features.global_embedding, self.anchors, self.config.logit_scale)
         if few_shot:
             distances = self.memory.distances([tokens[i] for i in self.few_shot_layers], features.grid)
             anomaly_map = anomaly_map + upsample(distances, size).sum(1)
@@ -128,6 +128,4 @@ class AprilGan(Method):
         normalised over the category's test set before the fusion, as the reference code reports."""
         if self.config.score_normalization != "test_minmax" or "map" not in parts:
             return scores
-        span = parts["map"].max() - parts["map"].min()
-        normalised = (parts["map"] - parts["map"].min()) / span if span > 0 else torch.zeros_like(parts["map"])
-        return 0.5 * (parts["text"] + normalised)
+        return 0.5 * (parts["text"] + minmax(parts["map"]))

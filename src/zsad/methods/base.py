@@ -9,8 +9,8 @@ anomaly maps at input resolution. The engine owns loops, devices, seeds, precisi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ class MethodConfig:
 
     backbone: str = "clip-vit-l14-336"
     image_size: int = 336
-    layers: tuple[int, ...] | None = None  # None: the backbone's default four blocks
+    layers: tuple[int, ...] | None = None  # None: the method's default blocks (Method.default_layers)
 
 
 @dataclass
@@ -39,6 +39,28 @@ class Prediction:
     score_parts: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LoadReport:
+    """What a (partial) checkpoint load did: tensors left at their fresh initial values, and checkpoint
+    tensors the method has no place for."""
+
+    loaded: int
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = f"{self.loaded} tensors loaded"
+        if self.missing:
+            text += f"; {len(self.missing)} not in the checkpoint, freshly initialised: {_names(self.missing)}"
+        if self.unexpected:
+            text += f"; {len(self.unexpected)} in the checkpoint but unused: {_names(self.unexpected)}"
+        return text
+
+
+def _names(keys: tuple[str, ...], shown: int = 5) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 class Method(nn.Module):
     """Base class of every anomaly detection method."""
 
@@ -48,8 +70,12 @@ class Method(nn.Module):
     trainable: ClassVar[bool] = False
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     summary: ClassVar[str] = ""
-    # Training defaults from the method's paper (fields of zsad.engine.train.TrainConfig).
+    # Training defaults from the method's paper (fields of zsad.engine.train.TrainConfig); read them
+    # through train_defaults_for(config), the one path that knows about stages.
     train_defaults: ClassVar[dict[str, object]] = {}
+    # Version of the config fields and tensor names in checkpoints; bump it with an upgrade_checkpoint step.
+    config_version: ClassVar[int] = 1
+    load_report: LoadReport | None = None  # set when built from a checkpoint (zsad.engine.build)
 
     def __init__(self, backbone: FeatureExtractor, config: MethodConfig) -> None:
         super().__init__()
@@ -64,8 +90,15 @@ class Method(nn.Module):
         return cls.train_defaults
 
     @property
+    def default_layers(self) -> tuple[int, ...]:
+        """The blocks read when ``config.layers`` is None: the backbone's four evenly spaced ones, unless
+        a method's paper reads others (the last block alone, say)."""
+        return self.backbone.default_layers
+
+    @property
     def layers(self) -> tuple[int, ...]:
-        return tuple(self.config.layers) if self.config.layers else self.backbone.default_layers
+        """The blocks this method reads: ``config.layers``, or :attr:`default_layers` when it is None."""
+        return tuple(self.config.layers) if self.config.layers else self.default_layers
 
     @property
     def device(self) -> torch.device:
@@ -112,22 +145,44 @@ class Method(nn.Module):
         normalisation over the test set, which must be a named, non-default option."""
         return scores
 
+    @classmethod
+    def upgrade_checkpoint(cls, config: dict[str, Any], tensors: dict[str, Tensor],
+                           version: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """A checkpoint's config fields and tensors written at ``version`` in today's form. Methods that
+        rename or resize something bump :attr:`config_version` and convert older versions here."""
+        if version > cls.config_version:
+            raise ConfigError(f"checkpoint of {cls.name!r} has config version {version}, newer than this zsad's "
+                              f"{cls.config_version}: upgrade zsad to read it")
+        return config, tensors
+
     def method_state_dict(self) -> dict[str, Tensor]:
         """The method's own tensors (parameters and buffers), without the frozen backbone's."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def load_method_state_dict(self, state: dict[str, Tensor], partial: bool = False) -> None:
-        """Load the method's tensors; ``partial`` allows a subset (initialising from an earlier stage)."""
+    def load_method_state_dict(self, state: dict[str, Tensor], partial: bool = False) -> LoadReport:
+        """Load the method's tensors; ``partial`` allows a subset (initialising from an earlier stage) and
+        the returned report says which tensors kept their fresh values. Shapes must match exactly."""
         own = self.method_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if partial and not unexpected and len(missing) < len(own):
-            missing = []
-        if missing or unexpected:
-            raise ConfigError(
-                f"checkpoint does not fit method {self.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        missing = tuple(sorted(set(own) - set(state)))
+        unexpected = tuple(sorted(set(state) - set(own)))
+        for key in sorted(set(own) & set(state)):
+            if own[key].shape != state[key].shape:
+                raise ConfigError(self._shape_mismatch(key, tuple(state[key].shape), tuple(own[key].shape)))
+        fits = not missing and not unexpected
+        if not fits and not (partial and not unexpected and len(missing) < len(own)):
+            raise ConfigError(f"checkpoint does not fit method {self.name!r}: missing {_names(missing) or 'none'}; "
+                              f"unexpected {_names(unexpected) or 'none'}")
         self.load_state_dict(state, strict=False)
+        return LoadReport(len(own) - len(missing), missing, unexpected)
+
+    def _shape_mismatch(self, key: str, saved: tuple[int, ...], built: tuple[int, ...]) -> str:
+        """One line naming the tensor, both shapes and the config fields whose values size it."""
+        sizes = set(built) - set(saved)
+        suspects = [f"{f.name}={getattr(self.config, f.name)}" for f in fields(self.config)
+                    if isinstance(getattr(self.config, f.name), int) and getattr(self.config, f.name) in sizes]
+        hint = f"; likely changed: {', '.join(suspects)}" if suspects else "; a size field of the config changed"
+        return (f"checkpoint tensor {key!r} has shape {list(saved)} but method {self.name!r} with this config "
+                f"builds {list(built)}{hint}")
 
     def train(self, mode: bool = True) -> Method:
         """Train mode never reaches the frozen backbone (its dropout/norm statistics stay fixed)."""

@@ -29,12 +29,18 @@ def dice_loss(prob: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
 
 
+def segmentation_losses(probs: Tensor, mask: Tensor, normal_dice: bool = True) -> dict[str, Tensor]:
+    """``focal``, ``dice_anomaly`` [and ``dice_normal``] of two-channel probabilities ``[B, 2, H, W]``
+    (normal, anomalous) against a binary mask ``[B, H, W]``, so methods can log each part."""
+    parts = {"focal": focal_loss(probs, mask), "dice_anomaly": dice_loss(probs[:, 1], mask)}
+    if normal_dice:
+        parts["dice_normal"] = dice_loss(probs[:, 0], 1 - mask)
+    return parts
+
+
 def segmentation_loss(probs: Tensor, mask: Tensor, normal_dice: bool = True) -> Tensor:
     """Focal + Dice(anomalous) [+ Dice(normal)] for two-channel probabilities ``[B, 2, H, W]``."""
-    loss = focal_loss(probs, mask) + dice_loss(probs[:, 1], mask)
-    if normal_dice:
-        loss = loss + dice_loss(probs[:, 0], 1 - mask)
-    return loss
+    return sum(segmentation_losses(probs, mask, normal_dice).values())
 
 
 def anchor_logits(embeddings: Tensor, anchors: Tensor, scale: float = 100.0) -> Tensor:
@@ -44,6 +50,12 @@ def anchor_logits(embeddings: Tensor, anchors: Tensor, scale: float = 100.0) -> 
     if anchors.dim() == 3:
         return scale * torch.einsum("b...d,bkd->b...k", embeddings, anchors)
     return scale * embeddings @ anchors.t()
+
+
+def anomalous_probability(embeddings: Tensor, anchors: Tensor, scale: float = 100.0) -> Tensor:
+    """``softmax(scale · cos(e, (normal, anomalous)))[anomalous]`` of embeddings ``[..., D]``: CLIP's
+    zero-shot anomaly probability, ``[...]``."""
+    return anchor_logits(embeddings, anchors, scale).softmax(-1)[..., 1]
 
 
 def image_cross_entropy(embedding: Tensor, anchors: Tensor, labels: Tensor, scale: float = 100.0) -> Tensor:

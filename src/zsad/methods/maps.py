@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zsad.errors import ConfigError
 from zsad.methods.losses import anchor_logits
 
 
@@ -22,6 +23,34 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
 def grid_to_tokens(x: Tensor) -> Tensor:
     """``[B, C, h, w]`` to ``[B, h*w, C]``."""
     return x.flatten(2).transpose(1, 2)
+
+
+def neighbourhood_mean(tokens: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """Tokens ``[B, N, C]`` averaged over each ``size × size`` neighbourhood on the patch grid (odd
+    ``size``, stride 1), so a pooled token describes a region. Zero padding counts in the mean, as in the
+    reference codes (DictAS, MoECLIP), so border tokens are damped towards zero; ``size = 1`` returns
+    the tokens themselves."""
+    if size == 1:
+        return tokens
+    if size < 1 or size % 2 == 0:
+        raise ConfigError(f"neighbourhood sizes must be odd and positive, got {size}")
+    pooled = F.avg_pool2d(tokens_to_grid(tokens, grid), size, stride=1, padding=size // 2, count_include_pad=True)
+    return grid_to_tokens(pooled)
+
+
+def mask_fractions(masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Fraction of each patch's pixels inside the mask, ``[B, h * w]`` from masks ``[B, H, W]``: the one
+    way pixel masks become patch labels (threshold it for hard labels)."""
+    return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), grid).flatten(1)
+
+
+def minmax(values: Tensor) -> Tensor:
+    """``values`` rescaled to [0, 1] over all their elements; all zeros when every value is equal.
+
+    Over a category's test set this is the reference codes' transductive score normalisation, so
+    methods use it only behind a named ``test_minmax`` option."""
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
 
 
 def anchor_map(probs: Tensor) -> Tensor:

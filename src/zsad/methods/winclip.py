@@ -37,7 +37,7 @@ from torch import Tensor
 from zsad.backbones.base import FeatureExtractor
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anchor_logits
+from zsad.methods.losses import anomalous_probability
 from zsad.methods.maps import harmonic_mean, min_cosine_distance, upsample
 from zsad.prompts import WINCLIP, text_anchors
 
@@ -128,7 +128,7 @@ class WinClip(Method):
 
     # --- embeddings ---------------------------------------------------------------------------------
     def patch_grid(self, images: Tensor) -> tuple[int, int]:
-        return images.shape[-2] // self.backbone.patch_size, images.shape[-1] // self.backbone.patch_size
+        return self.backbone.grid_for(*images.shape[-2:])
 
     def encode(self, images: Tensor) -> Embeddings:
         """One embedding pass: the full sequence for image and patch embeddings, then every window."""
@@ -162,7 +162,7 @@ class WinClip(Method):
     # --- scores -------------------------------------------------------------------------------------
     def anomalous_probability(self, embeddings: Tensor) -> Tensor:
         """Probability of the anomalous text anchor against the normal one, ``[...]`` for ``[..., D]``."""
-        return anchor_logits(embeddings.float(), self.anchors, self.config.logit_scale).softmax(-1)[..., 1]
+        return anomalous_probability(embeddings.float(), self.anchors, self.config.logit_scale)
 
     def zero_shot_map(self, embeddings: Embeddings, image_score: Tensor, grid: tuple[int, int]) -> Tensor:
         """Harmonic mean over window sizes (and the whole image) of per-size harmonic window maps, ``[B, N]``."""

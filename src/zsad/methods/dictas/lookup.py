@@ -12,11 +12,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from zsad.errors import ConfigError
-from zsad.methods.maps import grid_to_tokens, tokens_to_grid
 from zsad.methods.sparsemax import sparsemax
 
 Strategy = Literal["sparse", "dense", "max"]
@@ -35,14 +32,3 @@ def lookup(queries: Tensor, keys: Tensor, values: Tensor, strategy: Strategy) ->
     scores = scores.float()
     weights = sparsemax(scores, candidates=SPARSE_CANDIDATES) if strategy == "sparse" else scores.softmax(-1)
     return weights.to(values.dtype) @ values
-
-
-def neighbourhood_mean(tokens: Tensor, grid: tuple[int, int], size: int) -> Tensor:
-    """Mean over each token's ``size × size`` neighbourhood on the patch grid (stride 1, zero padding
-    counted in the mean, as in the reference code), so a scale-3 entry describes a 3×3 region."""
-    if size == 1:
-        return tokens
-    if size < 1 or size % 2 == 0:
-        raise ConfigError(f"DictAS neighbourhood sizes must be odd and positive, got {size}")
-    pooled = F.avg_pool2d(tokens_to_grid(tokens, grid), size, stride=1, padding=size // 2, count_include_pad=True)
-    return grid_to_tokens(pooled)

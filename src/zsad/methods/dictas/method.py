@@ -62,16 +62,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor, TextEncoder
-from zsad.data.types import Batch, class_name
+from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.dictas.alignment import Pooling, TextAlignmentHead
 from zsad.methods.dictas.generators import Generators
-from zsad.methods.dictas.lookup import Strategy, lookup, neighbourhood_mean
+from zsad.methods.dictas.lookup import Strategy, lookup
 from zsad.methods.dictas.pairs import AnomalySources, batch_generator, reference_views
-from zsad.methods.knn import reference_tokens
-from zsad.methods.losses import anchor_logits
-from zsad.methods.maps import gaussian_blur, sigma_for, upsample
+from zsad.methods.losses import anchor_logits, anomalous_probability
+from zsad.methods.maps import gaussian_blur, mask_fractions, minmax, neighbourhood_mean, sigma_for, upsample
+from zsad.methods.memory import reference_tokens
 from zsad.prompts import text_anchors
 from zsad.synthesis import synthesize_batch
 
@@ -205,7 +205,7 @@ class DictAS(Method):
         dictionary = self.build_dictionary([t[b:] for t in frozen.patch_tokens], grid, concatenate=False)
         results = self.retrieve(query_tokens, grid, dictionary)
 
-        anomalous = F.adaptive_avg_pool2d(masks[:, None].float(), grid).flatten(1) > 0.5  # [B, N]
+        anomalous = mask_fractions(masks, grid) > 0.5  # [B, N]
         normal = (~anomalous).float()
         anomalous = anomalous.float()
         query_loss = images.new_zeros(())
@@ -232,7 +232,7 @@ class DictAS(Method):
     def _text_alignment_loss(self, results: list[list[tuple[Tensor, Tensor]]], categories: list[str],
                              labels: Tensor) -> Tensor:
         """CE(query embedding, pseudo-label) + CE(retrieved embedding, normal) against each image's anchors."""
-        anchors = torch.stack([text_anchors(self.text, class_name(c)) for c in categories])  # [B, 2, D]
+        anchors = torch.stack([text_anchors(self.text, c) for c in categories])  # [B, 2, D]
         query_global = self.alignment([pairs[0][0] for pairs in results])
         retrieved_global = self.alignment([pairs[0][1] for pairs in results])
         return (F.cross_entropy(anchor_logits(query_global, anchors), labels)
@@ -252,7 +252,7 @@ class DictAS(Method):
         if references is None or len(references) == 0:
             raise ConfigError("dictas is few-shot: it needs k >= 1 normal reference images")
         tokens = reference_tokens(self.backbone, references, self.layers, self.config.reference_batch_size)
-        grid = self.backbone.grid_for(references.shape[-1])
+        grid = self.backbone.grid_for(*references.shape[-2:])
         k = references.shape[0]
         self._dictionary = self.build_dictionary([t.view(k, -1, t.shape[-1]) for t in tokens], grid,
                                                  concatenate=True)
@@ -278,7 +278,7 @@ class DictAS(Method):
         """Anomalous probability of the frozen CLIP image embedding against the class's text anchors."""
         if self._anchors is None:
             return None
-        return anchor_logits(embedding.float(), self._anchors).softmax(-1)[:, 1]
+        return anomalous_probability(embedding.float(), self._anchors)
 
     def _fuse(self, parts: dict[str, Tensor]) -> Tensor:
         if "text" not in parts:
@@ -291,4 +291,4 @@ class DictAS(Method):
         normalised over the category's whole test set before fusing, as the public code reports."""
         if self.config.score_normalization == "none":
             return scores
-        return self._fuse({k: (v - v.min()) / (v.max() - v.min() + 1e-6) for k, v in parts.items()})
+        return self._fuse({k: minmax(v) for k, v in parts.items()})

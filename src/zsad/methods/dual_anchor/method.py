@@ -69,17 +69,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsad.backbones import build_text_encoder, get_spec
-from zsad.backbones.base import FeatureExtractor
-from zsad.backbones.hf_clip import CLIPTextEncoder
-from zsad.data.types import Batch, class_name
+from zsad.backbones import get_spec
+from zsad.backbones.base import FeatureExtractor, TextEncoder
+from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.dual_anchor.grouping import Grouping, HierarchicalGroupMerging, member_means
 from zsad.methods.dual_anchor.prompts import DynamicStatePrompts
 from zsad.methods.dual_anchor.refiner import GroupGatedRefiner
-from zsad.methods.losses import anchor_logits, dice_loss, focal_loss
-from zsad.methods.maps import anchor_map, anchor_probabilities, gaussian_blur, sigma_for, tokens_to_grid, upsample
+from zsad.methods.losses import anchor_logits, segmentation_losses
+from zsad.methods.maps import (
+    anchor_map, anchor_probabilities, gaussian_blur, mask_fractions, sigma_for, tokens_to_grid, upsample,
+)
 
 SIGMA_REFERENCE_SIZE = 518  # σ is given at the paper's input size
 PAPER_TEXT_BACKBONE = "clip-vit-l14-336"
@@ -165,20 +166,22 @@ class DualAnchor(Method):
         self.static_anchors: Tensor | None = None
 
     @staticmethod
-    def _text_tower(backbone: FeatureExtractor, config: DualAnchorConfig) -> CLIPTextEncoder | None:
+    def _text_tower(backbone: FeatureExtractor, config: DualAnchorConfig) -> TextEncoder | None:
         """The CLIP text tower to build for a DINO backbone; None for CLIP, which brings its own."""
         if backbone.text is not None:
             if config.text_backbone not in (None, backbone.name):
                 raise ConfigError(f"a CLIP backbone uses its own text tower; text_backbone={config.text_backbone!r} "
                                   f"applies to DINO backbones only")
             return None
+        from zsad.backbones import build_text_encoder  # loads transformers: only when a DINO backbone needs it
+
         name = config.text_backbone
         if name is None:
             name = TINY_TEXT_BACKBONE if get_spec(backbone.name).builtin else PAPER_TEXT_BACKBONE
         return build_text_encoder(name, weights=config.text_weights)
 
     @property
-    def text(self) -> CLIPTextEncoder:
+    def text(self) -> TextEncoder:
         return self.backbone.text if self.text_encoder is None else self.text_encoder
 
     @property
@@ -220,7 +223,7 @@ class DualAnchor(Method):
                          size: tuple[int, int]) -> Outputs:
         """Everything training and prediction share, for images of ``size`` and their class names."""
         tokens, global_token = self._joint(features)
-        grid = (size[0] // self.backbone.patch_size, size[1] // self.backbone.patch_size)
+        grid = self.backbone.grid_for(*size)
         grouping = self.grouping([tokens[:, i] for i in self.level_layers])
         if self.refiner is not None:
             global_token = self.refiner(global_token, grouping.groups)
@@ -244,18 +247,16 @@ class DualAnchor(Method):
         features = features if features is not None else self.frozen_features(batch.images)
         masks = batch.masks
         size = tuple(masks.shape[-2:])
-        out = self.forward_features(features, [class_name(c) for c in batch.categories], size)
+        out = self.forward_features(features, batch.categories, size)
         config = self.config
-        maps = out.probabilities.unbind(1)
-        focal = sum(focal_loss(p, masks) for p in maps)
-        dice = sum(dice_loss(p[:, 1], masks) for p in maps)
-        if config.normal_dice:
-            dice = dice + sum(dice_loss(p[:, 0], 1 - masks) for p in maps)
+        per_map = [segmentation_losses(p, masks, config.normal_dice) for p in out.probabilities.unbind(1)]
+        focal = sum(parts["focal"] for parts in per_map)
+        dice = sum(parts["dice_anomaly"] + parts.get("dice_normal", 0) for parts in per_map)
         image = F.cross_entropy(out.image_logits, batch.labels.long())
         groups = F.normalize(out.grouping.groups, dim=-1)
         orthogonality = ((groups[:, 0] * groups[:, 1]).sum(-1) ** 2).mean()
         alignment = group_alignment_loss(out.grouping.groups, out.grouped_tokens, masks,
-                                         (size[0] // self.backbone.patch_size, size[1] // self.backbone.patch_size))
+                                         self.backbone.grid_for(*size))
         parts = {"image": image, "focal": focal, "dice": dice, "orthogonality": orthogonality, "alignment": alignment}
         loss = (config.image_weight * image + config.focal_weight * focal + config.dice_weight * dice
                 + config.orthogonality_weight * orthogonality + config.alignment_weight * alignment)
@@ -284,7 +285,7 @@ def group_alignment_loss(groups: Tensor, tokens: Tensor, masks: Tensor, grid: tu
     """``1 − cos`` between each final group ``[B, 2, D]`` and the mean of the tokens ``[B, N, D]`` in its
     region (normal, abnormal), weighted per patch by the region's pixel fraction; averaged over the
     images that have the region, summed over the two regions."""
-    abnormal = F.interpolate(masks.unsqueeze(1).float(), size=grid, mode="area").flatten(1)  # [B, N]
+    abnormal = mask_fractions(masks, grid)  # [B, N]
     weights = torch.stack([1 - abnormal, abnormal], -1).to(tokens.dtype)
     pooled, mass = member_means(tokens, weights)
     present = (mass > 0).to(tokens.dtype)

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsad.backbones.hf_clip import CLIPTextEncoder
+from zsad.backbones.base import TextEncoder
 from zsad.errors import ConfigError
 from zsad.prompts import clean_class_name
 
 
 class DynamicStatePrompts(nn.Module):
-    def __init__(self, text: CLIPTextEncoder, group_dim: int, context_tokens: int, state_words: tuple[str, str],
+    def __init__(self, text: TextEncoder, group_dim: int, context_tokens: int, state_words: tuple[str, str],
                  dynamic: bool, init_std: float) -> None:
         super().__init__()
         if context_tokens < 0 or len(state_words) != 2:
@@ -50,7 +50,7 @@ class DynamicStatePrompts(nn.Module):
     def context_tokens(self) -> int:
         return self.context.shape[1]
 
-    def token_ids(self, text: CLIPTextEncoder, class_name: str) -> Tensor:
+    def token_ids(self, text: TextEncoder, class_name: str) -> Tensor:
         """Ids ``[2, context_length]`` of both states' prompts for one class, with placeholder ids (the
         start token, any non-terminal id does) where the context and group embeddings go. Cached per class."""
         name = clean_class_name(class_name)
@@ -60,7 +60,7 @@ class DynamicStatePrompts(nn.Module):
                 self._ids[name] = self._build_ids(text, name)
         return self._ids[name]
 
-    def _build_ids(self, text: CLIPTextEncoder, name: str) -> Tensor:
+    def _build_ids(self, text: TextEncoder, name: str) -> Tensor:
         rows = []
         for word, length in zip(self.state_words, self._state_lengths):
             ids = text.tokenize([f"{word} {name}."])[0]
@@ -76,7 +76,7 @@ class DynamicStatePrompts(nn.Module):
             rows.append(row)
         return torch.stack(rows)
 
-    def forward(self, text: CLIPTextEncoder, class_names: list[str], groups: Tensor | None = None) -> Tensor:
+    def forward(self, text: TextEncoder, class_names: list[str], groups: Tensor | None = None) -> Tensor:
         """Unnormalised anchors ``[B, 2, D]`` (normal, abnormal) for images of ``class_names``, from their
         group tokens ``[B, 2, D_group]`` (required when dynamic, ignored otherwise)."""
         names = [clean_class_name(n) for n in class_names]
@@ -91,7 +91,7 @@ class DynamicStatePrompts(nn.Module):
         anchors = text.encode_tokens(ids.flatten(0, 1), embeddings.flatten(0, 1)).view(*ids.shape[:2], -1)
         return anchors if self.dynamic else anchors[which]
 
-    def _embeddings(self, text: CLIPTextEncoder, ids: Tensor, groups: Tensor | None) -> Tensor:
+    def _embeddings(self, text: TextEncoder, ids: Tensor, groups: Tensor | None) -> Tensor:
         """Input embeddings ``[X, 2, L, width]`` of ``ids`` with the context (and group tokens) in place."""
         words = text.token_embedding(ids)
         context = self.context.to(words.dtype).expand(ids.shape[0], -1, -1, -1)

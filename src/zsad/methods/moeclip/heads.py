@@ -9,18 +9,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zsad.methods.maps import grid_to_tokens, tokens_to_grid
-
-
-def neighbourhood_means(tokens: Tensor, grid: tuple[int, int], scales: tuple[int, ...]) -> list[Tensor]:
-    """Patch tokens ``[B, N, C]`` averaged over each odd ``r × r`` neighbourhood, one ``[B, N, C]`` per scale.
-
-    Zero padding counts in the mean (the public code unfolds with zeros and divides by ``r²``), so border
-    patches are damped towards zero; ``r = 1`` returns the tokens themselves.
-    """
-    x = tokens_to_grid(tokens, grid)
-    return [tokens if r == 1 else grid_to_tokens(F.avg_pool2d(x, r, stride=1, padding=r // 2, count_include_pad=True))
-            for r in scales]
 
 
 def _xavier(module: nn.Module) -> nn.Module:

@@ -53,14 +53,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor, Features
-from zsad.data.types import Batch, class_name
+from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anchor_logits, segmentation_loss
-from zsad.methods.maps import anchor_map, anchor_probabilities, gaussian_blur, tokens_to_grid, upsample
+from zsad.methods.maps import (
+    anchor_map, anchor_probabilities, gaussian_blur, minmax, neighbourhood_mean, tokens_to_grid, upsample,
+)
 from zsad.methods.moeclip.augment import RigidAugmentation
 from zsad.methods.moeclip.experts import LoRAMixture
-from zsad.methods.moeclip.heads import GlobalHead, PatchHeads, TextHead, neighbourhood_means
+from zsad.methods.moeclip.heads import GlobalHead, PatchHeads, TextHead
 from zsad.prompts import MOECLIP, clean_class_name, sentences
 
 
@@ -109,7 +111,7 @@ class MoECLIP(Method):
     def __init__(self, backbone: FeatureExtractor, config: MoECLIPConfig) -> None:
         super().__init__(backbone, config)
         text = backbone.text
-        if text is None or not hasattr(text, "eot_features"):
+        if text is None:
             raise ConfigError(f"moeclip compares patches with text and needs a CLIP backbone, not {backbone.name!r}")
         self._check(config, backbone)
         generator = torch.Generator().manual_seed(config.fofs_seed)
@@ -173,10 +175,10 @@ class MoECLIP(Method):
 
     def embeddings(self, features: Features) -> tuple[list[Tensor], Tensor]:
         """Unit-norm patch embeddings ``[B, N, D]`` (level-major, then scale) and the global embedding ``[B, D]``."""
-        post_norm = self.backbone.vision.post_layernorm
+        post_norm = self.backbone.final_norm
         patches = [self.patch_heads(post_norm(scaled), level)
                    for level, tokens in enumerate(features.patch_tokens)
-                   for scaled in neighbourhood_means(tokens, features.grid, self.config.scales)]
+                   for scaled in (neighbourhood_mean(tokens, features.grid, r) for r in self.config.scales)]
         return patches, self.global_head(post_norm(features.patch_tokens[-1]))
 
     # --- text ----------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ class MoECLIP(Method):
         images, masks = batch.images, batch.masks
         if self.config.augment:
             images, masks = self.augmentation(images, masks, fill=self.backbone.mean)
-        names = [class_name(c) for c in batch.categories]
+        names = [clean_class_name(c) for c in batch.categories]
         unique = sorted(set(names))
         table = torch.stack([self.class_anchors(n) for n in unique])
         anchors = table[torch.tensor([unique.index(n) for n in names], device=table.device)]  # [B, 2, D]
@@ -263,10 +265,5 @@ class MoECLIP(Method):
         then fuse, as the public code does. Otherwise the per-image scores as predicted."""
         if self.config.score_normalization != "test_minmax":
             return scores
-        pixel, global_term = (_minmax(parts[k]) for k in ("pixel", "global"))
+        pixel, global_term = (minmax(parts[k]) for k in ("pixel", "global"))
         return (1 - self.config.global_score_weight) * pixel + self.config.global_score_weight * global_term
-
-
-def _minmax(values: Tensor) -> Tensor:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else torch.zeros_like(values)

@@ -72,11 +72,6 @@ def atom_contributions(tokens: Tensor, dictionary: Tensor, weights: Tensor) -> T
     return (F.normalize(tokens.float(), dim=-1) @ dictionary.t()) * weights
 
 
-def patch_fractions(masks: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Fraction of each patch's pixels inside the mask, ``[B, h * w]`` from masks ``[B, H, W]``."""
-    return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), grid).flatten(1)
-
-
 class DecisionAttribution:
     """Accumulates, per category, each atom's mean contribution on anomalous and on normal patches."""
 

@@ -48,7 +48,7 @@ from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anchor_logits, dice_loss, focal_loss, image_cross_entropy
+from zsad.methods.losses import anomalous_probability, image_cross_entropy, segmentation_losses
 from zsad.methods.maps import anchor_map, anchor_probabilities, gaussian_blur, sigma_for
 from zsad.methods.spg.guides import GuideCodes
 from zsad.methods.spg.sae import TopKSAE
@@ -125,8 +125,9 @@ class SPG(Method):
         self.codes.requires_grad_(config.stage == "guides")
 
     @property
-    def layers(self) -> tuple[int, ...]:
-        return tuple(self.config.layers) if self.config.layers else (self.backbone.num_layers,)
+    def default_layers(self) -> tuple[int, ...]:
+        """The last block (the published setting)."""
+        return (self.backbone.num_layers,)
 
     # --- features -------------------------------------------------------------------------------------
     def frozen_features(self, images: Tensor) -> dict[str, Tensor]:
@@ -161,15 +162,12 @@ class SPG(Method):
         codes = self.codes()
         guides = codes @ self.sae.dictionary
         size = masks.shape[-2:]
-        probs = anchor_probabilities(tokens, guides[2:], self._grid(size), size, scale=1 / config.temperature,
+        probs = anchor_probabilities(tokens, guides[2:], self.backbone.grid_for(*size), size, scale=1 / config.temperature,
                                      softmax_first=True)
         parts = {
             "ce": image_cross_entropy(cls, guides[:2], labels, scale=1 / config.global_train_temperature),
-            "focal": focal_loss(probs, masks),
-            "dice_anomaly": dice_loss(probs[:, 1], masks),
+            **segmentation_losses(probs, masks, config.normal_dice),
         }
-        if config.normal_dice:
-            parts["dice_normal"] = dice_loss(probs[:, 0], 1 - masks)
         if not config.guide_topk:
             parts["l1"] = config.l1_weight * codes.sum(-1).mean()  # codes are non-negative: sum = L1 norm
         return {"loss": sum(parts.values()), **parts}
@@ -200,7 +198,7 @@ class SPG(Method):
         features = self.frozen_features(images)
         guides = self.guides(averaged=True)
         size = images.shape[-2:]
-        probs = anchor_probabilities(features["tokens"], guides[2:], self._grid(size), size,
+        probs = anchor_probabilities(features["tokens"], guides[2:], self.backbone.grid_for(*size), size,
                                      scale=1 / self.config.temperature, softmax_first=True)
         sigma = sigma_for(size[0], self.config.sigma, SIGMA_REFERENCE_SIZE)
         anomaly_map = gaussian_blur(anchor_map(probs.movedim(1, -1)), sigma)
@@ -217,10 +215,7 @@ class SPG(Method):
         if config.score == "logsumexp":
             tau = config.lse_tau
             return tau * (torch.logsumexp(flat / tau, dim=1) - math.log(flat.shape[1]))
-        cls_score = anchor_logits(cls, global_guides, 1 / config.temperature).softmax(-1)[:, 1]
+        cls_score = anomalous_probability(cls, global_guides, 1 / config.temperature)
         if config.score == "cls":
             return cls_score
         return config.hybrid_weight * cls_score + (1 - config.hybrid_weight) * flat.amax(1)
-
-    def _grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        return size[0] // self.backbone.patch_size, size[1] // self.backbone.patch_size

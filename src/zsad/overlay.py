@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import io
 
+import functools
+
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image
 from scipy import ndimage
 
-_HEAT = (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 PREDICTED_COLOUR = (255, 255, 255)
 TRUTH_COLOUR = (0, 255, 0)
 GAP = 4  # pixels of white between panels
+
+
+@functools.cache
+def _heat_table() -> np.ndarray:
+    """The turbo colour map as 256 RGB rows; matplotlib is imported on first use only, so code that
+    imports this module (the prediction engine) does not pay for it."""
+    from matplotlib import colormaps
+
+    return (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
 def heat_colours(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` of ``anomaly_map`` on the turbo colour map, ``low`` blue and ``high`` red."""
     span = high - low if high > low else 1.0
     level = np.clip((anomaly_map.astype(np.float64) - low) / span, 0, 1)
-    return _HEAT[np.round(level * 255).astype(np.intp)]
+    return _heat_table()[np.round(level * 255).astype(np.intp)]
 
 
 def blend(image: np.ndarray, colours: np.ndarray, opacity: float = 0.5) -> np.ndarray:
