@@ -71,7 +71,7 @@ class TrainConfig:
 def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None,
                      method_config: MethodConfig | None = None) -> TrainConfig:
     """The method's paper defaults (for ``method_config``'s stage, when given), then ``overrides``."""
-    defaults = method_cls.train_defaults if method_config is None else method_cls.train_defaults_for(method_config)
+    defaults = method_cls.train_defaults_for(method_config or method_cls.Config())
     return from_dict(TrainConfig, {**defaults, **(overrides or {})})
 
 

@@ -90,13 +90,12 @@ class AnomalyClip(Method):
     zero_shot = True
     trainable = True
     Config = AnomalyClipConfig
+    needs_text = True
     summary = "object-agnostic learnable prompts + deep text prompts against a value-value CLIP path"
     train_defaults = {"epochs": 15, "batch_size": 8, "lr": 1e-3, "betas": (0.5, 0.999), "split": "test"}
 
     def __init__(self, backbone: FeatureExtractor, config: AnomalyClipConfig) -> None:
         super().__init__(backbone, config)
-        if backbone.text is None:
-            raise ConfigError(f"anomalyclip runs CLIP's vision and text towers; {backbone.name!r} is not CLIP")
         text_blocks = backbone.text.num_layers
         depth = config.deep_prompt_depth or round(3 * text_blocks / 4)
         if not 2 <= depth <= text_blocks:

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
-from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability, segmentation_losses
 from zsad.methods.maps import anchor_probabilities, gaussian_blur, minmax, upsample
@@ -56,13 +55,12 @@ class AprilGan(Method):
     few_shot = True
     trainable = True
     Config = AprilGanConfig
+    needs_text = True
     summary = "per-layer linear maps of CLIP patch tokens into the text space (focal + Dice), + kNN with references"
     train_defaults = {"epochs": 15, "batch_size": 8, "lr": 1e-3, "betas": (0.5, 0.999), "split": "test"}
 
     def __init__(self, backbone: FeatureExtractor, config: AprilGanConfig) -> None:
         super().__init__(backbone, config)
-        if backbone.text is None:
-            raise ConfigError(f"aprilgan compares patches with text and needs a CLIP backbone, not {backbone.name!r}")
         self.heads = nn.ModuleList(nn.Linear(backbone.width, backbone.embed_dim) for _ in self.layers)
         self.memory = PatchMemory(config.chunk_size)
         self.anchors: Tensor | None = None

@@ -68,6 +68,7 @@ class Method(nn.Module):
     zero_shot: ClassVar[bool] = False
     few_shot: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    needs_text: ClassVar[bool] = False  # compares images with CLIP text: refuses backbones without a text tower
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     summary: ClassVar[str] = ""
     # Training defaults from the method's paper (fields of zsad.engine.train.TrainConfig); read them
@@ -79,6 +80,9 @@ class Method(nn.Module):
 
     def __init__(self, backbone: FeatureExtractor, config: MethodConfig) -> None:
         super().__init__()
+        if self.needs_text and backbone.text is None:
+            raise ConfigError(f"{self.name} compares images with text and needs a CLIP backbone; {backbone.name!r} "
+                              f"has no text tower")
         self.backbone = backbone
         self.config = config
         for p in backbone.parameters():

@@ -91,12 +91,11 @@ class WinClip(Method):
     zero_shot = True
     few_shot = True
     Config = WinClipConfig
+    needs_text = True
     summary = "CLIP text scores on 2x2/3x3 patch windows, harmonic aggregation; + reference memory (WinCLIP+)"
 
     def __init__(self, backbone: FeatureExtractor, config: WinClipConfig) -> None:
         super().__init__(backbone, config)
-        if backbone.text is None:
-            raise ConfigError(f"winclip needs a CLIP backbone with a text tower; {backbone.name} has none")
         self.anchors: Tensor | None = None
         self.patch_memory: Tensor | None = None  # [k * N, D]
         self.window_memory: list[Tensor] = []  # per window size, [k * W_s, D]

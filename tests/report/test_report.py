@@ -13,37 +13,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from zsad.cli import main
 from zsad.data import open_dataset
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
-from zsad.methods.base import Method, MethodConfig, Prediction
+from zsad.methods.base import MethodConfig, Prediction
 from zsad.metrics import aupro, auroc
 from zsad.report import ReportCollector, ReportData
 from zsad.report.curves import GRIDS, interpolated_precision, on_grid, run_curves
 from zsad.overlay import heat_colours, outline
 
-
-class _NoBackbone(nn.Module):
-    default_layers = (1,)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
+from fakes import ColourDistance, NoBackbone
 
 
-class ColourDistance(Method):
-    """Distance from the references' mean colour (mid-grey without references): fast and imperfect."""
-
-    name = "colour-distance"
-    zero_shot = True
-    few_shot = True
-
-    def prepare(self, class_name: str, references: Tensor | None) -> None:
-        self.mean = references.mean((0, 2, 3)) if references is not None else torch.full((3,), 0.5)
+class MeanColourDistance(ColourDistance):
+    """The colour-distance double with the map's mean as image score: fast and imperfect."""
 
     def predict(self, images: Tensor) -> Prediction:
         anomaly_map = (images - self.mean.view(1, 3, 1, 1)).abs().sum(1)
@@ -51,7 +37,7 @@ class ColourDistance(Method):
 
 
 def _evaluate(root: Path, out: Path, collector: ReportCollector | None) -> dict:
-    method = ColourDistance(_NoBackbone(), MethodConfig(image_size=64))
+    method = MeanColourDistance(NoBackbone(), MethodConfig(image_size=64))
     document = evaluate(method, open_dataset(f"mvtec:{root}"), EvalConfig(shots=(0, 2), seeds=2),
                         meta={"method": method.name, "dataset": f"mvtec:{root}"}, on_predictions=collector)
     write_results(out, document)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from zsad.cli import main
 from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
@@ -19,40 +19,23 @@ from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig, Prediction
 from zsad.overlay import GAP, PREDICTED_COLOUR
 
+from fakes import ColourDistance, NoBackbone
+
 SIZE = 32
 
 
-class _NoBackbone(nn.Module):
-    default_layers = (1,)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-
-
-class MeanColour(Method):
-    """Pixel score: distance from the references' mean colour; image score: the map's maximum.
-
-    Its scores are easy to compute by hand, so thresholds can be checked exactly.
-    """
+class MeanColour(ColourDistance):
+    """The colour-distance double as a few-shot-only method: it needs references."""
 
     name = "mean-colour"
-    few_shot = True
-
-    def prepare(self, class_name: str, references: Tensor | None) -> None:
-        self.mean = references.mean((0, 2, 3))
-
-    def predict(self, images: Tensor) -> Prediction:
-        anomaly_map = (images - self.mean.view(1, 3, 1, 1)).abs().sum(1)
-        return Prediction(anomaly_map, anomaly_map.flatten(1).amax(1))
+    zero_shot = False
 
 
-class Brightness(MeanColour):
+class Brightness(ColourDistance):
     """A zero-shot-only method: the pixel's brightness, whatever the references."""
 
     name = "brightness"
     few_shot = False
-    zero_shot = True
 
     def prepare(self, class_name: str, references: Tensor | None) -> None:
         self.prepared_with = references
@@ -63,7 +46,7 @@ class Brightness(MeanColour):
 
 
 def _method(cls: type[Method] = MeanColour) -> Method:
-    return cls(_NoBackbone(), MethodConfig(image_size=SIZE))
+    return cls(NoBackbone(), MethodConfig(image_size=SIZE))
 
 
 def _save(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (40, 30),

@@ -16,36 +16,14 @@ from zsad.engine.checkpoint import flatten_state, unflatten_state
 from zsad.engine.evaluate import EvalConfig, draw_references, evaluate, plan_runs, write_results
 from zsad.engine.train import TrainConfig, Trainer, training_records
 from zsad.errors import ConfigError, DataError
-from zsad.methods.base import Method, MethodConfig, Prediction
+from zsad.methods.base import Method, MethodConfig
 
-
-class _FakeBackbone(nn.Module):
-    default_layers = (1,)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))
-
-
-class OracleColour(Method):
-    """Scores a pixel by its distance from the references' mean colour: a method whose behaviour is known."""
-
-    name = "oracle-colour"
-    zero_shot = True
-    few_shot = True
-
-    def prepare(self, class_name: str, references: Tensor | None) -> None:
-        self.mean = (references.mean((0, 2, 3)) if references is not None else torch.full((3,), 0.5))
-        self.seen_references = None if references is None else references.clone()
-
-    def predict(self, images: Tensor) -> Prediction:
-        anomaly_map = (images - self.mean.view(1, 3, 1, 1)).abs().sum(1)
-        return Prediction(anomaly_map, anomaly_map.flatten(1).amax(1))
+from fakes import ColourDistance, NoBackbone, colour_distance
 
 
 @pytest.fixture
-def oracle() -> OracleColour:
-    return OracleColour(_FakeBackbone(), MethodConfig(image_size=64))
+def oracle() -> ColourDistance:
+    return colour_distance(64)
 
 
 def test_protocol_summary_structure(synthetic_root, oracle, tmp_path):
@@ -89,12 +67,12 @@ def test_plan_rejects_unsupported_shots_and_unknown_categories(synthetic_root, o
     dataset = open_dataset(f"mvtec:{synthetic_root}")
     with pytest.raises(ConfigError, match="unknown categor"):
         plan_runs(dataset, EvalConfig(categories=("nope",)), oracle)
-    OracleColour.zero_shot = False
+    ColourDistance.zero_shot = False
     try:
         with pytest.raises(ConfigError, match="few-shot only"):
             plan_runs(dataset, EvalConfig(shots=(0,)), oracle)
     finally:
-        OracleColour.zero_shot = True
+        ColourDistance.zero_shot = True
 
 
 def test_results_do_not_depend_on_batch_size(synthetic_root, oracle):
@@ -131,7 +109,7 @@ class TinyTrainable(Method):
 
 def _trainer(root, out, epochs):
     torch.manual_seed(0)
-    method = TinyTrainable(_FakeBackbone(), _LinearConfig())
+    method = TinyTrainable(NoBackbone(), _LinearConfig())
     config = TrainConfig(epochs=epochs, batch_size=4, lr=0.05, seed=3, scheduler="plateau")
     records = training_records([open_dataset(f"mvtec:{root}")], config)
     return Trainer(method, records, config, out)
@@ -193,7 +171,7 @@ class CachedTrainable(TinyTrainable):
 def test_filling_the_feature_cache_does_not_change_the_run(synthetic_root, tmp_path):
     def run(out):
         torch.manual_seed(0)
-        method = CachedTrainable(_FakeBackbone(), _LinearConfig())
+        method = CachedTrainable(NoBackbone(), _LinearConfig())
         config = TrainConfig(epochs=2, batch_size=4, lr=0.05, seed=3, feature_cache=str(tmp_path / "cache"))
         trainer = Trainer(method, training_records([open_dataset(f"mvtec:{synthetic_root}")], config), config, out)
         trainer.fit()
