@@ -32,6 +32,23 @@ def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a t
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
 
 
+def add_tiling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", help="cut images into tiles of this side in source pixels, or auto (the method's "
+                   "input size: every tile at native resolution); default: resize whole images")
+    p.add_argument("--overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour, "
+                   "in [0, 0.9) (default 0.25)")
+    p.add_argument("--max-pixels", type=float, default=100e6, help="largest image accepted, in pixels "
+                   "(default 100e6)")
+
+
+def tiling_from_args(args: argparse.Namespace, method):
+    """The :class:`~zsad.tiling.Tiling` of ``--tile``/``--overlap`` for ``method``, or None."""
+    from zsad.tiling import Tiling, parse_tile
+
+    tile = parse_tile(args.tile, method.config.image_size, method.backbone.patch_size)
+    return None if tile is None else Tiling(tile, args.overlap)
+
+
 def method_from_args(args: argparse.Namespace):
     from zsad.engine.build import build_method
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torch import Tensor
 
 from zsad.cli import main
 from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
-from zsad.engine.predict import PredictConfig, list_files, overlay_names, predict_images
+from zsad.engine.predict import MethodScorer, PredictConfig, list_files, overlay_names, predict_images
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig, Prediction
 from zsad.overlay import GAP, PREDICTED_COLOUR
@@ -138,10 +137,12 @@ def test_auto_thresholds_are_leave_one_out_rules(references, images, tmp_path):
 
 
 def test_leave_one_out_never_sees_the_scored_reference():
-    refs = torch.stack([torch.full((3, SIZE, SIZE), v) for v in (0.2, 0.4, 0.9)])
-    scored = score_references(_method(), "object", refs)
+    greys = np.array([51, 102, 230]) / 255
+    refs = [np.full((SIZE, SIZE, 3), g * 255, dtype=np.uint8) for g in greys]
+    scored = score_references(MethodScorer(_method()), "object", refs)
     assert scored.leave_one_out
-    assert scored.scores == pytest.approx([3 * 0.45, 3 * 0.15, 3 * 0.6], abs=1e-5)
+    expected = [3 * abs(g - np.delete(greys, i).mean()) for i, g in enumerate(greys)]
+    assert scored.scores == pytest.approx(expected, abs=1e-5)
 
 
 def test_zero_shot_method_scores_references_directly(references, images, tmp_path):

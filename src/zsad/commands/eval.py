@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, int_list, method_from_args, str_list
+from zsad.cli_common import (
+    add_method_arguments, add_tiling_arguments, int_list, method_from_args, str_list, tiling_from_args,
+)
 from zsad.progress import progress_bar
 
 
@@ -16,7 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int_list, default=None, help="comma-separated k values (default: 0 or 4)")
     p.add_argument("--seeds", type=int, default=5, help="reference draws per k > 0 (default 5)")
     p.add_argument("--categories", type=str_list, default=None, help="comma-separated subset of categories")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images (or tiles) per model call (default 8)")
+    add_tiling_arguments(p)
+    p.add_argument("--eval-size", type=int, help="with --tile: compare maps and masks at this square size "
+                   "(default: the images' own size)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
     p.add_argument("--report", action="store_true", help="also write the HTML report into --out")
     p.set_defaults(func=run)
@@ -38,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--report is not available under torchrun; run `zsad report` on a single process")
     shots = tuple(args.shots) if args.shots else ((0,) if method.zero_shot else (4,))
     config = EvalConfig(shots=shots, seeds=args.seeds, categories=tuple(args.categories) if args.categories else None,
-                        batch_size=args.batch_size, precision=args.precision)
+                        batch_size=args.batch_size, precision=args.precision,
+                        tiling=tiling_from_args(args, method), eval_size=args.eval_size)
     collector = _report_collector(args)
     meta = {"method": method.name, "dataset": args.data, "checkpoint": str(args.checkpoint or ""),
             "weights": args.weights, "device": str(device), "eval": to_dict(config),

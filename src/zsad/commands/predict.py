@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, method_from_args
+from zsad.cli_common import add_method_arguments, add_tiling_arguments, method_from_args, tiling_from_args
 from zsad.progress import progress_bar
 
 
@@ -20,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "mean+Zstd or qP (default: auto with --refs, otherwise no decision)")
     p.add_argument("--pixel-threshold", help="threshold for defect contours, same forms (default: auto with "
                    "--refs, i.e. the q0.999 quantile of reference pixels; otherwise no contours)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images (or tiles) per model call (default 8)")
+    add_tiling_arguments(p)
+    p.add_argument("--save-maps", action="store_true",
+                   help="also write every anomaly map as maps/<relative path>.npy (float32, the image's size)")
     p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder (default runs/predict)")
     p.set_defaults(func=run)
 
@@ -28,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, parse_threshold
+    from zsad.config import from_dict
+    from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds, parse_threshold
+    from zsad.engine.checkpoint import read_config
     from zsad.engine.predict import PredictConfig, list_files, predict_images
 
     console = Console(stderr=True, soft_wrap=True)
@@ -36,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
     config = PredictConfig(class_name=args.class_name,
                            threshold=parse_threshold(args.threshold or default, IMAGE_RULE),
                            pixel_threshold=parse_threshold(args.pixel_threshold or default, PIXEL_RULE),
-                           batch_size=args.batch_size, precision=args.precision)
+                           batch_size=args.batch_size, precision=args.precision, save_maps=args.save_maps,
+                           max_pixels=int(args.max_pixels))
     method, _ = method_from_args(args)
+    config.tiling = tiling_from_args(args, method)
+    if args.checkpoint and not args.refs:
+        stored = read_config(args.checkpoint).get("thresholds")
+        config.stored = None if stored is None else from_dict(StoredThresholds, stored)
     with progress_bar(console, f"predicting with {method.name}") as advance:
         advance.total(len(list_files(args.images, exclude=args.out)[1]))
         summary = predict_images(method, args.images, args.out, args.refs, config, progress=advance)

@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data loader worker processes")
     p.add_argument("--train-set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config field (repeatable), e.g. --train-set scheduler=cosine")
+    p.add_argument("--calibration-fraction", type=float,
+                   help="zero-shot methods: fraction of each auxiliary category's normal and defective images held "
+                        "out of training to calibrate decision thresholds stored in the checkpoint (default 0.1 "
+                        "when the training split has defective images; 0 turns it off)")
+    p.add_argument("--target-fpr", type=float, help="false-positive rate of the stored image threshold on the "
+                   "held-out normal images (default 0.05)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.set_defaults(func=run)
@@ -32,12 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.config import with_overrides
+    from zsad.config import to_dict, with_overrides
     from zsad.data import open_dataset
     from zsad.engine import distributed
     from zsad.engine.build import build_method, method_config
     from zsad.engine.checkpoint import read_config
-    from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
+    from zsad.engine.checkpoint import update_config
+    from zsad.engine.train import (
+        Trainer, calibrate_held_out, has_checkpoint, hold_out_for_calibration, train_config_for, training_records,
+    )
     from zsad.errors import ConfigError
     from zsad.methods import method_class
     from zsad.runtime import seed_everything
@@ -49,12 +58,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"method {args.method!r} is training-free; evaluate it directly with `zsad eval`")
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
-             "precision": args.precision if args.precision != "fp32" else None}
+             "precision": args.precision if args.precision != "fp32" else None,
+             "calibration_fraction": args.calibration_fraction, "target_fpr": args.target_fpr}
     if has_checkpoint(args.out) and not args.resume:
         raise ConfigError(f"{args.out}: already holds a checkpoint; pass --resume to continue it or choose --out")
     overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
     base = read_config(args.checkpoint)["config"] if args.checkpoint else None
     stage_config = method_config(args.method, base, args.backbone, args.image_size, overrides)
+    if flags["calibration_fraction"] is None and cls.zero_shot:
+        defaults = train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config)
+        flags["calibration_fraction"] = 0.0 if defaults.normal_only else 0.1
     config = with_overrides(train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config),
                             args.train_overrides)
     device = run_device(args.device)
@@ -65,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                           image_size=args.image_size, overrides=overrides, device=device, partial=True)
     if args.checkpoint:
         console.print(f"initialised from {args.checkpoint}: {method.load_report}")
-    records = training_records(datasets, config)
+    records, held_out = hold_out_for_calibration(training_records(datasets, config), config)
     with progress_bar(console, f"training {method.name}") as advance:
         trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})
         if args.resume:
@@ -76,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
         while trainer.epoch < config.epochs:
             row = trainer.train_epoch()
             console.log(f"epoch {row['epoch']}/{config.epochs}: " + _losses(row))
+    if held_out and any(r.label == 0 for r in held_out) and distributed.is_main():
+        thresholds = calibrate_held_out(method, held_out, config)
+        update_config(args.out, thresholds=to_dict(thresholds))
+        console.print(f"decision thresholds stored in the checkpoint: image {thresholds.image:.4g} "
+                      f"({thresholds.source}; on the held-out images: false-positive rate "
+                      f"{100 * thresholds.achieved['image_fpr']:.1f}%, true-positive rate "
+                      f"{100 * thresholds.achieved['image_tpr']:.1f}%), pixel {thresholds.pixel:.4g}")
     console.print(f"checkpoint written to {args.out} ({len(records)} training images, device {device})")
     return 0
 

@@ -4,7 +4,7 @@
 """
 
 from zsad.data.base import AnomalyDataset
-from zsad.data.images import load_image, load_mask
+from zsad.data.images import decode_image_bytes, load_image, load_mask
 from zsad.data.loading import RecordDataset, collate, load_sample, make_loader
 from zsad.data.registry import FORMATS, open_dataset
 
@@ -13,6 +13,7 @@ __all__ = [
     "AnomalyDataset",
     "RecordDataset",
     "collate",
+    "decode_image_bytes",
     "load_image",
     "load_mask",
     "load_sample",

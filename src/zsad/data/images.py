@@ -16,10 +16,12 @@ EXIF orientation is deliberately *not* applied: masks are drawn on the stored pi
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from zsad.errors import DataError
 
@@ -42,7 +44,8 @@ def _decode(path: Path, what: str) -> Image.Image:
     if not path.exists():
         raise DataError(f"{what} {path} does not exist")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers apply their own limit
             img.load()  # the pixels stay in memory after the file is closed
             return img
     except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
@@ -82,6 +85,28 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     rgb = _to_rgb(_decode(path, "image"), path)
     return np.ascontiguousarray(rgb)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an uploaded image (``name`` is what errors call it) like :func:`load_image`; with
+    ``max_pixels``, the size is checked from the header before any pixel is decoded."""
+    if not data:
+        raise DataError(f"image {name} is an empty file")
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(f"image {name} has {width * height / 1e6:.1f} MP, over the limit of "
+                                f"{max_pixels / 1e6:.1f} MP")
+            img.load()
+            return np.ascontiguousarray(_to_rgb(img, Path(name)))
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {name}: not a recognised image format") from None
+    except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise DataError(f"cannot read image {name}: {_one_line(err)}") from None
 
 
 def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from zsad.errors import ConfigError
-from zsad.methods.base import Method
 
 _MEAN_STD = re.compile(r"mean\+(\d+(?:\.\d+)?)std")
 _QUANTILE = re.compile(r"q(0(?:\.\d+)?|1(?:\.0*)?)")
@@ -70,35 +68,104 @@ def parse_threshold(text: str | None, default_rule: ThresholdRule) -> float | Th
         raise ConfigError(f"threshold must be a number, auto or auto:RULE, got {text!r}") from None
 
 
+class Scorer(Protocol):
+    """Anything that scores decoded images of any size: a prepared method (:class:`~zsad.engine.predict.
+    MethodScorer`), with or without tiling, or an exported model of the torch-free runtime."""
+
+    few_shot: bool  # prepare() needs references
+    zero_shot: bool  # prepare() works without references
+
+    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None: ...
+
+    def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]: ...
+
+
+MAX_PIXELS_PER_MAP = 1 << 18  # reference pixels kept per map for pixel quantiles (a fixed strided subset)
+
+
 @dataclass
 class ReferenceScores:
-    """Scores ``[k]`` and maps ``[k, H, W]`` of the normal references, as if each were a new image."""
+    """Scores ``[k]`` of the normal references, as if each were a new image, and a fixed strided subset
+    of their maps' pixels (enough for the quantiles of pixel thresholds, bounded for large images)."""
 
     scores: np.ndarray
-    maps: np.ndarray
+    pixels: np.ndarray
     leave_one_out: bool
 
 
-@torch.inference_mode()
-def score_references(method: Method, class_name: str, references: Tensor, batch_size: int = 8) -> ReferenceScores:
-    """Leave-one-out scores of ``references`` ``[k, 3, H, W]`` for a few-shot method, direct ones otherwise.
+def pixel_sample(anomaly_map: np.ndarray, limit: int = MAX_PIXELS_PER_MAP) -> np.ndarray:
+    """Every pixel of a small map; an evenly strided subset of a large one."""
+    stride = max(1, int(np.ceil(np.sqrt(anomaly_map.size / limit))))
+    return anomaly_map[::stride, ::stride].ravel()
 
-    Leaves ``method`` prepared on a subset (or without references): prepare it again before predicting.
+
+def score_references(scorer: Scorer, class_name: str, references: list[np.ndarray]) -> ReferenceScores:
+    """Leave-one-out scores of the ``references`` for a few-shot scorer, direct ones otherwise.
+
+    Leaves ``scorer`` prepared on a subset (or without references): prepare it again before predicting.
     """
     k = len(references)
-    if not method.few_shot:
-        method.prepare(class_name, None)
-        parts = [method.predict(references[i : i + batch_size]) for i in range(0, k, batch_size)]
-        return ReferenceScores(torch.cat([p.score for p in parts]).float().cpu().numpy(),
-                               torch.cat([p.anomaly_map for p in parts]).float().cpu().numpy(), False)
+    if not scorer.few_shot:
+        scorer.prepare(class_name, None)
+        results = scorer.predict(references)
+        return ReferenceScores(np.array([score for score, _ in results]),
+                               np.concatenate([pixel_sample(m) for _, m in results]), False)
     if k < 2:
-        raise ConfigError(f"automatic thresholds for few-shot method {method.name!r} score each reference "
-                          f"against the others and need at least 2 references, got {k}; add references or "
-                          f"give numeric thresholds")
-    scores, maps = [], []
+        raise ConfigError(f"automatic thresholds for a few-shot method score each reference against the "
+                          f"others and need at least 2 references, got {k}; add references or give numeric "
+                          f"thresholds")
+    scores, pixels = [], []
     for i in range(k):
-        method.prepare(class_name, torch.cat([references[:i], references[i + 1 :]]))
-        prediction = method.predict(references[i : i + 1])
-        scores.append(prediction.score.float().cpu())
-        maps.append(prediction.anomaly_map.float().cpu())
-    return ReferenceScores(torch.cat(scores).numpy(), torch.cat(maps).numpy(), True)
+        scorer.prepare(class_name, references[:i] + references[i + 1 :])
+        (score, anomaly_map), = scorer.predict([references[i]])
+        scores.append(score)
+        pixels.append(pixel_sample(anomaly_map))
+    return ReferenceScores(np.array(scores), np.concatenate(pixels), True)
+
+
+@dataclass
+class StoredThresholds:
+    """Thresholds calibrated at training time on held-out auxiliary images, stored in the checkpoint, so
+    a zero-shot method decides on a new product without any reference image."""
+
+    image: float
+    pixel: float
+    target_fpr: float
+    pixel_fpr: float
+    colour_range: tuple[float, float]
+    held_out: dict[str, int]  # images, normal, defective, categories
+    achieved: dict[str, float]  # on the held-out images: image_fpr, image_tpr
+
+    @property
+    def source(self) -> str:
+        return (f"checkpoint: at most {100 * self.target_fpr:g}% of {self.held_out['normal']} held-out normal "
+                f"auxiliary images above it (target false-positive rate {100 * self.target_fpr:g}%)")
+
+    @property
+    def pixel_source(self) -> str:
+        return (f"checkpoint: q{1 - self.pixel_fpr:g} of held-out normal auxiliary pixels (target "
+                f"{100 * self.pixel_fpr:g}% of normal pixels outlined)")
+
+
+def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels: np.ndarray, categories: int,
+                          target_fpr: float, pixel_fpr: float) -> StoredThresholds:
+    """Image threshold: just above the held-out normal score that leaves ``floor(target_fpr · n)`` of the
+    ``n`` normal images at or above it, so the held-out false-positive rate never exceeds the target
+    (with few held-out images this is conservative: below 1 / target_fpr of them it is their maximum).
+    Pixel threshold: the ``1 - pixel_fpr`` quantile of their normal pixels (mask 0 in every held-out
+    image), which are plentiful."""
+    if not 0 < target_fpr < 1 or not 0 < pixel_fpr < 1:
+        raise ConfigError(f"target false-positive rates must be in (0, 1), got {target_fpr} and {pixel_fpr}")
+    normal = scores[labels == 0]
+    if len(normal) == 0:
+        raise ConfigError("no normal image was held out for calibration; raise --calibration-fraction")
+    allowed = int(np.floor(target_fpr * len(normal)))
+    image = float(np.nextafter(np.sort(normal)[len(normal) - allowed - 1], np.inf))
+    pixel = float(np.quantile(normal_pixels, 1 - pixel_fpr))
+    defective = scores[labels == 1]
+    low = float(np.median(normal_pixels))
+    return StoredThresholds(
+        image, pixel, target_fpr, pixel_fpr, (low, max(2 * pixel - low, low + 1e-6)),
+        {"images": len(scores), "normal": len(normal), "defective": len(defective), "categories": categories},
+        {"image_fpr": float((normal >= image).mean()),
+         "image_tpr": float((defective >= image).mean()) if len(defective) else float("nan")})

@@ -73,6 +73,12 @@ def save_checkpoint(directory: str | Path, method_name: str, config: dict[str, A
     return directory
 
 
+def update_config(directory: str | Path, **fields: Any) -> None:
+    """Add or replace top-level fields of a checkpoint's ``config.json`` (atomically)."""
+    path = Path(directory) / CONFIG
+    io.write_text(path, json.dumps({**read_config(directory), **fields}, indent=2))
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / CONFIG

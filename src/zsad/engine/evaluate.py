@@ -7,6 +7,11 @@ and predicts every test image in batches; the seven metrics are computed per cat
 averaged over categories per seed, then reported as mean ± std over seeds (population std, ddof=0).
 k = 0 is deterministic and runs once.
 
+With ``tiling``, images and references are read at their own resolution and cut into tiles at the
+method's input size (:mod:`zsad.tiling`); the stitched maps and the masks are compared at the source
+resolution, or at ``eval_size`` pixels square when given (needed when a category mixes image sizes).
+Per-image score parts are not kept under tiling, so the named test-set normalisations do not apply.
+
 The work is a flat list of :class:`Run` s so that it can be sharded across processes
 (:mod:`zsad.engine.distributed`) with results identical to a single process.
 """
@@ -23,16 +28,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from zsad import io
 from zsad.data import AnomalyDataset, load_sample
 from zsad.data.types import Record
 from zsad.engine import distributed
+from zsad.engine.predict import MethodScorer
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.metrics import METRIC_KEYS, compute_metrics
+from zsad.overlay import resize_image
 from zsad.runtime import autocast
+from zsad.tiling import Tiling
 
 
 @dataclass
@@ -42,6 +51,8 @@ class EvalConfig:
     categories: tuple[str, ...] | None = None
     batch_size: int = 8
     precision: str = "fp32"
+    tiling: Tiling | None = None
+    eval_size: int | None = None  # tiled runs: metrics at this square size; None: the images' own size
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,8 @@ class Evaluator:
 
     @torch.inference_mode()
     def run(self, run: Run) -> RunResult:
+        if self.config.tiling is not None:
+            return self._tiled_run(run)
         records, images, masks = self.test_set(run.category)
         ref_records, refs = self.references(run)
         device = self.method.device
@@ -166,9 +179,39 @@ class Evaluator:
         if anomaly_maps.shape != tuple(masks.shape):
             raise RuntimeError(f"{self.method.name} returned maps of shape {anomaly_maps.shape}, "
                                f"expected {tuple(masks.shape)}")
+        return self._result(run, records, ref_records, image_scores, anomaly_maps, masks.numpy())
+
+    def _tiled_run(self, run: Run) -> RunResult:
+        """Images at their own resolution through :class:`MethodScorer` with the configured tiling."""
+        records = self.dataset.records(run.category, "test")
+        ref_records = [] if run.shots == 0 else draw_references(self.dataset.records(run.category, "train"),
+                                                                run.shots, run.seed, run.category)
+        scorer = MethodScorer(self.method, self.config.tiling, self.config.batch_size, self.config.precision)
+        scorer.prepare(run.category, [load_sample(r).image for r in ref_records] or None)
+        scores, maps, masks = [], [], []
+        for record in records:
+            sample = load_sample(record)
+            (score, anomaly_map), = scorer.predict([sample.image])
+            mask = sample.mask
+            if self.config.eval_size:
+                size = (self.config.eval_size, self.config.eval_size)
+                anomaly_map = np.asarray(Image.fromarray(anomaly_map).resize(size, Image.Resampling.BILINEAR))
+                mask = resize_image(mask.astype(np.uint8), size, Image.Resampling.NEAREST).astype(bool)
+            scores.append(score)
+            maps.append(anomaly_map)
+            masks.append(mask)
+            if self.progress:
+                self.progress(1)
+        shapes = sorted({m.shape for m in maps})
+        if len(shapes) > 1:
+            raise DataError(f"category {run.category!r} mixes image sizes {shapes[:3]}: give --eval-size N to "
+                            f"compare tiled maps and masks at one size")
+        return self._result(run, records, ref_records, np.array(scores), np.stack(maps), np.stack(masks))
+
+    def _result(self, run: Run, records: list[Record], ref_records: list[Record], image_scores: np.ndarray,
+                anomaly_maps: np.ndarray, mask_array: np.ndarray) -> RunResult:
         labels = np.array([r.label for r in records])
         has_masks = self.dataset.has_masks(run.category)
-        mask_array = masks.numpy()
         metrics = compute_metrics(image_scores, labels, anomaly_maps if has_masks else None,
                                   mask_array if has_masks else None)
         references = [str(r.image_path) for r in ref_records]

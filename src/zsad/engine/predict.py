@@ -6,11 +6,18 @@ so overlays and contours sit on the original pixels. Output under ``out``:
 * ``overlays/<relative path>.png`` — the image beside its heatmap, predicted defects outlined in white;
 * ``scores.csv`` — ``path, score, decision, overlay`` for every image that was read;
 * ``skipped.csv`` — ``path, reason`` for every file that could not be read (always written);
-* ``thresholds.json`` — the thresholds used, how they were obtained, and the reference scores.
+* ``thresholds.json`` — the thresholds used, how they were obtained, and the reference scores;
+* ``maps/<relative path>.npy`` — with ``save_maps``, every anomaly map as float32 at the image's own size.
+
+With a :class:`~zsad.tiling.Tiling`, each image (and each reference) is cut into tiles that go through
+the method at its input size, and the tile maps are stitched back (see :mod:`zsad.tiling`); few-shot
+references then contribute all their tiles to the method's memory.
 
 Heatmap colours use one scale for the whole run when normal references are given: the median reference
 pixel is blue and the pixel threshold sits in the middle of the colour map, so red means "above
-threshold". Without references, each heatmap is scaled to its own range (relative colours only).
+threshold". Without references, a checkpoint's stored thresholds (calibrated at training time on
+held-out auxiliary images) decide and set the same fixed scale; with neither, each heatmap is scaled to
+its own range (relative colours only).
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ from torch import Tensor
 
 from zsad import io
 from zsad.data import load_image
-from zsad.engine.calibration import PIXEL_RULE, ReferenceScores, ThresholdRule, score_references
+from zsad.engine.calibration import (
+    PIXEL_RULE, ReferenceScores, Scorer, StoredThresholds, ThresholdRule, score_references,
+)
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.methods.maps import upsample
 from zsad.overlay import heatmap_overlay, png_bytes, resize_image, side_by_side
 from zsad.runtime import autocast
+from zsad.tiling import Stitcher, Tiling, check_image_size, tiles
 
 Threshold = float | ThresholdRule | None
 
@@ -46,6 +56,10 @@ class PredictConfig:
     batch_size: int = 8
     precision: str = "fp32"
     opacity: float = 0.5  # of the heatmap over the image
+    tiling: Tiling | None = None  # None: each image resized to the method's input size
+    save_maps: bool = False  # also write maps/<relative path>.npy
+    max_pixels: int = 100_000_000  # larger images are skipped with a one-line reason
+    stored: StoredThresholds | None = None  # a checkpoint's thresholds: decisions without references
 
 
 @dataclass
@@ -93,13 +107,17 @@ def list_files(target: Path, exclude: Path | None = None) -> tuple[Path, list[Pa
     return target, files
 
 
-def read_images(paths: list[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[Skipped]]:
-    """Decoded RGB images, and the files that could not be decoded with the one-line reason."""
+def read_images(paths: list[Path], max_pixels: int = PredictConfig.max_pixels,
+                ) -> tuple[list[tuple[Path, np.ndarray]], list[Skipped]]:
+    """Decoded RGB images, and the files that could not be decoded (or are too small or too large to
+    inspect) with the one-line reason."""
     images, skipped = [], []
     for path in paths:
         try:
-            images.append((path, load_image(path)))
-        except DataError as err:
+            image = load_image(path)
+            check_image_size(*image.shape[:2], max_pixels, str(path))
+            images.append((path, image))
+        except (DataError, ConfigError) as err:
             skipped.append(Skipped(str(path), str(err)))
     return images, skipped
 
@@ -110,31 +128,94 @@ def to_batch(images: list[np.ndarray], size: int, device: torch.device) -> Tenso
     return torch.from_numpy(stacked).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
-def load_references(folder: Path, size: int, device: torch.device) -> tuple[Tensor, list[Path], list[Skipped]]:
+def load_references(folder: Path, max_pixels: int = PredictConfig.max_pixels,
+                    ) -> tuple[list[np.ndarray], list[Path], list[Skipped]]:
     _, paths = list_files(folder)
-    decoded, skipped = read_images(paths)
+    decoded, skipped = read_images(paths, max_pixels)
     if not decoded:
         raise DataError(f"no readable reference images in {folder}")
-    return to_batch([image for _, image in decoded], size, device), [p for p, _ in decoded], skipped
+    return [image for _, image in decoded], [p for p, _ in decoded], skipped
 
 
-def calibrate(method: Method, config: PredictConfig, references: Tensor | None) -> Thresholds:
+class MethodScorer:
+    """A method applied to decoded images of any size (the :class:`~zsad.engine.calibration.Scorer` of
+    the PyTorch path): each image resized to the method's input size, or tiled, and its map brought
+    back to the image's own size."""
+
+    def __init__(self, method: Method, tiling: Tiling | None = None, batch_size: int = 8,
+                 precision: str = "fp32") -> None:
+        self.method, self.tiling, self.batch_size, self.precision = method, tiling, batch_size, precision
+        self.few_shot, self.zero_shot = method.few_shot, method.zero_shot
+
+    @property
+    def size(self) -> int:
+        return self.method.config.image_size
+
+    @torch.inference_mode()
+    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
+        """Per-product state; with tiling, the references' tiles form the memory."""
+        refs = None
+        if references:
+            pieces = [t for image in references for _, t in tiles(image, self.tiling)] if self.tiling else references
+            refs = to_batch(pieces, self.size, self.method.device)
+        with autocast(self.method.device, self.precision):
+            self.method.prepare(class_name, refs)
+
+    @torch.inference_mode()
+    def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        """``(score, float32 map at the image's own size)`` per image."""
+        if self.tiling is None:
+            return [result for start in range(0, len(images), self.batch_size)
+                    for result in self._whole(images[start : start + self.batch_size])]
+        return [self._tiled(image) for image in images]
+
+    def _run(self, pieces: list[np.ndarray]):
+        with autocast(self.method.device, self.precision):
+            return self.method.predict(to_batch(pieces, self.size, self.method.device))
+
+    def _whole(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        prediction = self._run(images)
+        return [(float(score), upsample(anomaly_map[None].float(), image.shape[:2])[0].cpu().numpy())
+                for image, score, anomaly_map in zip(images, prediction.score, prediction.anomaly_map)]
+
+    def _tiled(self, image: np.ndarray) -> tuple[float, np.ndarray]:
+        """Tiles in batches: each tile's map resized back to the tile and blended into the image's map."""
+        stitcher = Stitcher(*image.shape[:2], self.tiling)
+        scores = []
+        pending = list(tiles(image, self.tiling))
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            prediction = self._run([pixels for _, pixels in chunk])
+            scores.append(prediction.score.float().cpu().numpy())
+            for (box, _), anomaly_map in zip(chunk, prediction.anomaly_map):
+                stitcher.add(box, upsample(anomaly_map[None].float(), box[2:])[0].cpu().numpy())
+        return self.tiling.aggregate_scores(np.concatenate(scores)), stitcher.result()
+
+
+def calibrate(scorer: Scorer, config: PredictConfig, references: list[np.ndarray] | None) -> Thresholds:
     """Resolve ``auto`` thresholds from the references (see :mod:`zsad.engine.calibration`) and set the
-    colour scale; leaves ``method`` prepared for prediction."""
+    colour scale; leaves ``scorer`` prepared for prediction."""
     rules = [t for t in (config.threshold, config.pixel_threshold) if isinstance(t, ThresholdRule)]
     if rules and references is None:
         raise ConfigError("automatic thresholds calibrate on normal images: pass --refs DIR (a few normal "
                           "images of this product) or numeric --threshold / --pixel-threshold values")
-    usable = references is not None and (rules or not method.few_shot or len(references) >= 2)
-    scored = score_references(method, config.class_name, references, config.batch_size) if usable else None
+    usable = references is not None and (rules or not scorer.few_shot or len(references) >= 2)
+    scored = score_references(scorer, config.class_name, references) if usable else None
     thresholds = Thresholds()
-    normal_scores, normal_maps = (None, None) if scored is None else (scored.scores, scored.maps)
+    normal_scores, normal_pixels = (None, None) if scored is None else (scored.scores, scored.pixels)
     thresholds.image, thresholds.image_source = _resolve(config.threshold, normal_scores, "reference scores")
-    thresholds.pixel, thresholds.pixel_source = _resolve(config.pixel_threshold, normal_maps, "reference pixels")
+    thresholds.pixel, thresholds.pixel_source = _resolve(config.pixel_threshold, normal_pixels, "reference pixels")
     if scored is not None:
         thresholds.reference_scores = scored.scores.tolist()
         thresholds.colour_range = _colour_range(scored, thresholds.pixel)
-    method.prepare(config.class_name, references if method.few_shot else None)
+    elif config.stored is not None:  # no references: the checkpoint's held-out calibration decides
+        stored = config.stored
+        if config.threshold is None:
+            thresholds.image, thresholds.image_source = stored.image, stored.source
+        if config.pixel_threshold is None:
+            thresholds.pixel, thresholds.pixel_source = stored.pixel, stored.pixel_source
+        thresholds.colour_range = tuple(stored.colour_range)
+    scorer.prepare(config.class_name, references if scorer.few_shot else None)
     return thresholds
 
 
@@ -148,8 +229,8 @@ def _resolve(threshold: Threshold, normal_values: np.ndarray | None, what: str) 
 
 def _colour_range(scored: ReferenceScores, pixel_threshold: float | None) -> tuple[float, float]:
     """The median normal pixel at the bottom, the pixel threshold (or its default rule) in the middle."""
-    low = float(np.median(scored.maps))
-    middle = pixel_threshold if pixel_threshold is not None else PIXEL_RULE.apply(scored.maps)
+    low = float(np.median(scored.pixels))
+    middle = pixel_threshold if pixel_threshold is not None else PIXEL_RULE.apply(scored.pixels)
     return low, max(2 * middle - low, low + 1e-6)
 
 
@@ -162,24 +243,11 @@ def overlay_names(relatives: list[Path]) -> list[Path]:
 
 
 class Predictor:
-    """Scores, maps, overlays and decisions for images, with a method already prepared."""
+    """Overlays and decisions for predicted maps and scores, under one run's thresholds."""
 
-    def __init__(self, method: Method, config: PredictConfig, thresholds: Thresholds) -> None:
-        self.method = method
+    def __init__(self, config: PredictConfig, thresholds: Thresholds) -> None:
         self.config = config
         self.thresholds = thresholds
-
-    @torch.inference_mode()
-    def predict(self, images: list[tuple[Path, np.ndarray]]) -> list[tuple[float, np.ndarray]]:
-        """``(score, map at the image's own size)`` per image."""
-        batch = to_batch([image for _, image in images], self.method.config.image_size, self.method.device)
-        with autocast(self.method.device, self.config.precision):
-            prediction = self.method.predict(batch)
-        results = []
-        for (_, image), score, anomaly_map in zip(images, prediction.score, prediction.anomaly_map):
-            full = upsample(anomaly_map[None].float(), image.shape[:2])[0].cpu().numpy()
-            results.append((float(score), full))
-        return results
 
     def draw(self, image: np.ndarray, anomaly_map: np.ndarray) -> bytes:
         low, high = self.thresholds.colour_range or (float(anomaly_map.min()), float(anomaly_map.max()))
@@ -193,42 +261,53 @@ class Predictor:
         return "anomalous" if score >= self.thresholds.image else "normal"
 
 
-def predict_images(method: Method, target: Path, out: Path, references: Path | None = None,
+def predict_images(method: Method | Scorer, target: Path, out: Path, references: Path | None = None,
                    config: PredictConfig | None = None,
                    progress: Callable[[int], None] | None = None) -> PredictSummary:
-    """Predict every readable file under ``target`` into ``out`` (layout: see the module docstring)."""
+    """Predict every readable file under ``target`` into ``out`` (layout: see the module docstring) with a
+    method (resized or tiled per ``config.tiling``) or any other :class:`Scorer` (an exported model)."""
     config = config or PredictConfig()
-    if method.few_shot and not method.zero_shot and references is None:
-        raise ConfigError(f"method {method.name!r} is few-shot: pass --refs DIR with normal images of this product")
+    scorer = MethodScorer(method, config.tiling, config.batch_size, config.precision) \
+        if isinstance(method, Method) else method
+    if scorer.few_shot and not scorer.zero_shot and references is None:
+        raise ConfigError(f"method {getattr(method, 'name', '')!r} is few-shot: pass --refs DIR with normal "
+                          f"images of this product")
     root, files = list_files(target, exclude=out)
     if not files:
         raise DataError(f"no files to predict under {target}")
     refs, ref_paths, skipped = (None, [], [])
     if references is not None:
-        refs, ref_paths, skipped = load_references(references, method.config.image_size, method.device)
-    with torch.inference_mode(), autocast(method.device, config.precision):
-        thresholds = calibrate(method, config, refs)
-    predictor = Predictor(method, config, thresholds)
+        refs, ref_paths, skipped = load_references(references, config.max_pixels)
+    thresholds = calibrate(scorer, config, refs)
+    predictor = Predictor(config, thresholds)
     names = dict(zip(files, overlay_names([f.relative_to(root) for f in files])))
     rows = []
     for start in range(0, len(files), config.batch_size):
         chunk = files[start : start + config.batch_size]
-        images, unreadable = read_images(chunk)
+        images, unreadable = read_images(chunk, config.max_pixels)
         skipped += unreadable
         if images:
-            for (path, image), (score, anomaly_map) in zip(images, predictor.predict(images)):
+            for (path, image), (score, anomaly_map) in zip(images, scorer.predict([i for _, i in images])):
                 name = Path("overlays") / names[path]
                 io.write_bytes(out / name, predictor.draw(image, anomaly_map))
+                if config.save_maps:
+                    io.write_bytes(out / "maps" / names[path].with_suffix(".npy"), npy_bytes(anomaly_map))
                 rows.append([str(path), f"{score:.6g}", predictor.decision(score), name.as_posix()])
         if progress:
             progress(len(chunk))
     _write_csv(out / "scores.csv", ["path", "score", "decision", "overlay"], rows)
     _write_csv(out / "skipped.csv", ["path", "reason"], [[s.path, s.reason] for s in skipped])
     io.write_text(out / "thresholds.json", json.dumps(
-        {"method": method.name, "class_name": config.class_name, **asdict(thresholds),
+        {"method": getattr(method, "name", ""), "class_name": config.class_name, **asdict(thresholds),
          "references": [str(p) for p in ref_paths]}, indent=2))
     anomalous = sum(row[2] == "anomalous" for row in rows)
     return PredictSummary(out, len(rows), anomalous, skipped, thresholds)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = stdio.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    return buffer.getvalue()
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -39,6 +40,7 @@ from zsad.engine.checkpoint import (
     unflatten_state,
 )
 from zsad.engine import distributed
+from zsad.engine.calibration import StoredThresholds, calibrate_on_held_out, pixel_sample
 from zsad.engine.feature_cache import FeatureCache
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig
@@ -66,6 +68,11 @@ class TrainConfig:
     split: Literal["train", "test"] = "test"  # auxiliary split trained on
     normal_only: bool = False  # keep only normal images (self-supervised methods)
     feature_cache: str = "auto"  # folder for cached frozen features; "auto": $ZSAD_CACHE or ~/.cache/zsad; "off"
+    # Reference-free decisions (zero-shot methods): auxiliary images held out of training, per category,
+    # on which thresholds are calibrated after training and stored in the checkpoint.
+    calibration_fraction: float = 0.0
+    target_fpr: float = 0.05  # image threshold: this fraction of held-out normal images is flagged
+    pixel_fpr: float = 0.01  # pixel threshold: this fraction of held-out normal pixels is outlined
 
 
 def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None,
@@ -83,6 +90,22 @@ def training_records(datasets: list, config: TrainConfig) -> list[Record]:
     if not records:
         raise DataError(f"no {'normal ' if config.normal_only else ''}{config.split} images in the training data")
     return records
+
+
+def hold_out_for_calibration(records: list[Record], config: TrainConfig) -> tuple[list[Record], list[Record]]:
+    """``(training, held out)``: ``calibration_fraction`` of each category's normal and of its defective
+    images (at least one of each where there are two or more), drawn by ``seed``; never trained on."""
+    if config.calibration_fraction <= 0:
+        return records, []
+    rng = np.random.default_rng([config.seed, 7919])
+    held: set[int] = set()
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault((record.category, record.label), []).append(i)
+    for members in groups.values():
+        count = min(len(members) - 1, max(1, round(config.calibration_fraction * len(members))))
+        held.update(int(i) for i in rng.choice(members, size=max(count, 0), replace=False))
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
 def feature_cache_dir(config: TrainConfig) -> Path | None:
@@ -281,3 +304,30 @@ def _finite(value: Any) -> Any:
 
 def has_checkpoint(out: str | Path) -> bool:
     return (Path(out) / CONFIG).is_file()
+
+
+@torch.inference_mode()
+def calibrate_held_out(method: Method, records: list[Record], config: TrainConfig) -> StoredThresholds:
+    """Decision thresholds of a trained zero-shot ``method`` from auxiliary ``records`` it never trained
+    on (see :func:`hold_out_for_calibration`), each category prepared from its name alone."""
+    from zsad.engine.evaluate import load_images  # the evaluation loader, so maps match evaluation's
+
+    method.eval()
+    scores, labels, normal_pixels = [], [], []
+    categories = sorted({r.category for r in records})
+    for category in categories:
+        items = [r for r in records if r.category == category]
+        method.prepare(category, None)
+        images, masks = load_images(items, method.config.image_size)
+        for start in range(0, len(items), config.batch_size):
+            batch = images[start : start + config.batch_size].to(method.device).float().div_(255)
+            with autocast(method.device, config.precision):
+                prediction = method.predict(batch)
+            maps = prediction.anomaly_map.float().cpu().numpy()
+            for anomaly_map, mask in zip(maps, masks[start : start + config.batch_size].numpy()):
+                normal_pixels.append(pixel_sample(np.where(mask, np.nan, anomaly_map)))
+            scores.append(prediction.score.float().cpu().numpy())
+        labels += [r.label for r in items]
+    pixels = np.concatenate(normal_pixels)
+    return calibrate_on_held_out(np.concatenate(scores), np.array(labels), pixels[~np.isnan(pixels)],
+                                 len(categories), config.target_fpr, config.pixel_fpr)

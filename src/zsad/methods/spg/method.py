@@ -162,8 +162,8 @@ class SPG(Method):
         codes = self.codes()
         guides = codes @ self.sae.dictionary
         size = masks.shape[-2:]
-        probs = anchor_probabilities(tokens, guides[2:], self.backbone.grid_for(*size), size, scale=1 / config.temperature,
-                                     softmax_first=True)
+        probs = anchor_probabilities(tokens, guides[2:], self.backbone.grid_for(*size), size,
+                                     scale=1 / config.temperature, softmax_first=True)
         parts = {
             "ce": image_cross_entropy(cls, guides[:2], labels, scale=1 / config.global_train_temperature),
             **segmentation_losses(probs, masks, config.normal_dice),
