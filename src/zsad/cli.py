@@ -14,7 +14,8 @@ import sys
 from zsad import __version__
 from zsad.errors import ZsadError
 
-COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo")
+COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
+            "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

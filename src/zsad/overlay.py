@@ -85,8 +85,10 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def png_bytes(picture: np.ndarray, palette: bool = False) -> bytes:
     """PNG of an RGB picture; ``palette`` quantises to 256 colours, about half the bytes, for pictures
-    embedded many times over (report galleries), where the loss is invisible."""
+    embedded many times over (report galleries), where the loss is invisible. Overlays are written per
+    image on the prediction path, so zlib runs at its fastest level (a third of the time of the default
+    for about 15 % more bytes)."""
     image = Image.fromarray(picture)
     buffer = io.BytesIO()
-    (image.quantize(256) if palette else image).save(buffer, format="PNG")
+    (image.quantize(256) if palette else image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

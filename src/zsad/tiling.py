@@ -87,8 +87,8 @@ def check_image_size(height: int, width: int, max_pixels: int, source: str) -> N
     if height < 2 or width < 2:
         raise ConfigError(f"image {source} is {width}x{height} pixels: too small to inspect")
     if height * width > max_pixels:
-        raise ConfigError(f"image {source} has {height * width / 1e6:.1f} MP, over the limit of "
-                          f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)")
+        raise ConfigError(f"image {source} is {width}x{height} ({height * width / 1e6:.3g} MP), over the limit "
+                          f"of {max_pixels / 1e6:.3g} MP (raise it with --max-pixels)")
 
 
 def _ramp(length: int, fade_start: bool, fade_end: bool, margin: int) -> np.ndarray:

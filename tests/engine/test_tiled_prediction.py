@@ -22,7 +22,8 @@ def woven(height: int, width: int, seed: int) -> np.ndarray:
     weave = 20 * np.sin(2 * np.pi * xx / 12) * np.sin(2 * np.pi * yy / 12)
     coarse = rng.random((height // 256 + 2, width // 256 + 2)).astype(np.float32)
     shade = np.asarray(Image.fromarray(coarse).resize((width + 512, height + 512), Image.BICUBIC))[:height, :width]
-    image = np.array([150, 140, 120], np.float32) + (25 * shade + weave)[..., None] + rng.normal(0, 5, (height, width, 3))
+    noise = rng.normal(0, 5, (height, width, 3))
+    image = np.array([150, 140, 120], np.float32) + (25 * shade + weave)[..., None] + noise
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

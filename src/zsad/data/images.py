@@ -97,8 +97,8 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) ->
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise DataError(f"image {name} has {width * height / 1e6:.1f} MP, over the limit of "
-                                f"{max_pixels / 1e6:.1f} MP")
+                raise DataError(f"image {name} is {width}x{height} ({width * height / 1e6:.3g} MP), over the "
+                                f"limit of {max_pixels / 1e6:.3g} MP")
             img.load()
             return np.ascontiguousarray(_to_rgb(img, Path(name)))
     except DataError:
