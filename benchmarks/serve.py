@@ -32,8 +32,9 @@ import torch
 from PIL import Image
 
 from zsad.engine.build import build_method
-from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE
-from zsad.engine.predict import MethodScorer, PredictConfig, Predictor, calibrate
+from zsad.calibration import IMAGE_RULE, PIXEL_RULE
+from zsad.engine.predict import MethodScorer
+from zsad.prediction import PredictConfig, Predictor, calibrate
 
 
 def texture(seed: int, size: int) -> np.ndarray:

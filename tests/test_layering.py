@@ -4,7 +4,9 @@ or the layers below it, at module level and inside functions alike.
     base → data → backbones → methods → engine → report → app (commands, cli, demo, serve)
 
 ``base`` holds what every layer may use (errors, atomic I/O, configs, devices, pictures, metrics,
-progress bars). ``deploy`` is the torch-free runtime: it may import base modules that do not need torch.
+progress bars, tiling geometry, threshold rules). ``data`` also holds the torch-free prediction of a
+folder (``zsad.prediction``), which any scorer drives. ``deploy`` is the torch-free runtime: it may
+import only the torch-free modules named in ``DEPLOY_ALLOWED``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ PACKAGE = SRC / "zsad"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("zsad", "zsad.errors", "zsad.io", "zsad.config", "zsad.runtime", "zsad.overlay", "zsad.progress",
-              "zsad.metrics")),
-    ("data", ("zsad.data",)),
+              "zsad.metrics", "zsad.tiling", "zsad.calibration")),
+    ("data", ("zsad.data", "zsad.prediction")),
     ("backbones", ("zsad.backbones",)),
     ("methods", ("zsad.methods", "zsad.prompts", "zsad.synthesis")),
     ("engine", ("zsad.engine", "zsad.export")),
@@ -29,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 # The torch-free runtime: what it may import, whatever the layers say.
-DEPLOY_ALLOWED = ("zsad", "zsad.errors", "zsad.io", "zsad.overlay", "zsad.deploy")
+DEPLOY_ALLOWED = ("zsad", "zsad.errors", "zsad.io", "zsad.overlay", "zsad.deploy", "zsad.tiling", "zsad.calibration",
+                  "zsad.prediction", "zsad.data.images")
 
 
 def layer_of(module: str) -> str:

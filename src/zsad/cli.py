@@ -15,7 +15,7 @@ from zsad import __version__
 from zsad.errors import ZsadError
 
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
-            "serve")
+            "serve", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

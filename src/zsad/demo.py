@@ -27,9 +27,10 @@ from zsad.config import to_dict
 from zsad.data import open_dataset
 from zsad.data.synthetic import write_synthetic
 from zsad.engine.build import build_method
-from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE
+from zsad.calibration import IMAGE_RULE, PIXEL_RULE
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
-from zsad.engine.predict import PredictConfig, PredictSummary, list_files, predict_images
+from zsad.engine.predict import predict_images
+from zsad.prediction import PredictConfig, PredictSummary, list_files
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
 from zsad.methods import method_class

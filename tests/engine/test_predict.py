@@ -12,8 +12,9 @@ from PIL import Image
 from torch import Tensor
 
 from zsad.cli import main
-from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
-from zsad.engine.predict import MethodScorer, PredictConfig, list_files, overlay_names, predict_images
+from zsad.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
+from zsad.engine.predict import MethodScorer, predict_images
+from zsad.prediction import PredictConfig, list_files, overlay_names
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig, Prediction
 from zsad.overlay import GAP, PREDICTED_COLOUR

@@ -12,6 +12,8 @@ from zsad.progress import progress_bar
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict anomaly maps and scores for a folder of images (or one image)")
     add_method_arguments(p)
+    p.add_argument("--model", type=Path, help="an exported model folder (`zsad export`): runs on ONNX Runtime or "
+                   "OpenVINO without PyTorch; its product, references and thresholds are folded in")
     p.add_argument("--images", type=Path, required=True, help="an image file, or a folder searched recursively")
     p.add_argument("--refs", type=Path, help="folder of normal reference images of the product (few-shot methods "
                    "need it; it also calibrates automatic thresholds)")
@@ -31,10 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.config import from_dict
-    from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds, parse_threshold
-    from zsad.engine.checkpoint import read_config
-    from zsad.engine.predict import PredictConfig, list_files, predict_images
+    from zsad.calibration import IMAGE_RULE, PIXEL_RULE, parse_threshold
+    from zsad.prediction import PredictConfig, list_files, predict_folder
 
     console = Console(stderr=True, soft_wrap=True)
     default = "auto" if args.refs else None
@@ -43,14 +43,13 @@ def run(args: argparse.Namespace) -> int:
                            pixel_threshold=parse_threshold(args.pixel_threshold or default, PIXEL_RULE),
                            batch_size=args.batch_size, precision=args.precision, save_maps=args.save_maps,
                            max_pixels=int(args.max_pixels))
-    method, _ = method_from_args(args)
-    config.tiling = tiling_from_args(args, method)
-    if args.checkpoint and not args.refs:
-        stored = read_config(args.checkpoint).get("thresholds")
-        config.stored = None if stored is None else from_dict(StoredThresholds, stored)
-    with progress_bar(console, f"predicting with {method.name}") as advance:
+    if args.model is not None:
+        scorer, name = _exported(args, config)
+    else:
+        scorer, name = _method(args, config)
+    with progress_bar(console, f"predicting with {name}") as advance:
         advance.total(len(list_files(args.images, exclude=args.out)[1]))
-        summary = predict_images(method, args.images, args.out, args.refs, config, progress=advance)
+        summary = predict_folder(scorer, args.images, args.out, args.refs, config, advance, name)
     for skipped in summary.skipped:
         console.print(f"skipped: {skipped.reason}", markup=False, highlight=False)
     t = summary.thresholds
@@ -62,3 +61,35 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"{summary.predicted} image(s) predicted, {len(summary.skipped)} file(s) skipped; "
                   f"scores in {args.out / 'scores.csv'}, overlays in {args.out / 'overlays'}")
     return 0
+
+
+def _exported(args: argparse.Namespace, config):
+    """The deploy runtime (no torch, no transformers): the model's product and thresholds."""
+    from zsad import deploy
+    from zsad.errors import ConfigError
+
+    if args.method or args.checkpoint or args.refs:
+        raise ConfigError("--model runs an exported model, which has its method, product and references folded "
+                          "in: drop --method, --checkpoint and --refs")
+    model = deploy.load(args.model, args.batch_size)
+    if args.tile is not None:
+        raise ConfigError(f"{args.model}: tiling is fixed at export (--tile on `zsad export`)")
+    config.class_name = model.class_name
+    config.preset = model.thresholds
+    return model, model.name
+
+
+def _method(args: argparse.Namespace, config):
+    """A method on the PyTorch path, resized or tiled; a checkpoint's stored thresholds without --refs."""
+    from zsad.calibration import StoredThresholds
+    from zsad.config import from_dict
+    from zsad.engine.checkpoint import read_config
+    from zsad.engine.predict import MethodScorer
+
+    method, _ = method_from_args(args)
+    config.tiling = tiling_from_args(args, method)
+    if args.checkpoint and not args.refs:
+        stored = read_config(args.checkpoint).get("thresholds")
+        config.stored = None if stored is None else from_dict(StoredThresholds, stored)
+    return MethodScorer(method, config.tiling, config.batch_size, config.precision), method.name
+

@@ -40,7 +40,7 @@ from zsad.engine.checkpoint import (
     unflatten_state,
 )
 from zsad.engine import distributed
-from zsad.engine.calibration import StoredThresholds, calibrate_on_held_out, pixel_sample
+from zsad.calibration import StoredThresholds, calibrate_on_held_out, pixel_sample
 from zsad.engine.feature_cache import FeatureCache
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig

@@ -41,7 +41,8 @@ def sparsemax_threshold(scores: Tensor, dim: int = -1, candidates: int | None = 
     """
     z = scores.movedim(dim, -1)
     n = z.shape[-1]
-    k = n if candidates is None else max(1, min(candidates, n))
+    # An exported graph cannot fetch more candidates on demand: it sorts all scores, which is exact.
+    k = n if candidates is None or torch.onnx.is_in_onnx_export() else max(1, min(candidates, n))
     while True:
         top = z.topk(k, -1).values if k < n else z.sort(-1, descending=True).values
         tau, exact = _threshold_of_sorted(top)

@@ -81,7 +81,8 @@ def harmonic_aggregation(window_scores: Tensor, windows: Tensor, num_patches: in
     inverse = window_scores.float().clamp_min(eps).reciprocal().repeat_interleave(windows.shape[1], dim=1)
     index = windows.reshape(1, -1).expand(window_scores.shape[0], -1)
     totals = inverse.new_zeros(window_scores.shape[0], num_patches).scatter_add_(1, index, inverse)
-    counts = torch.bincount(windows.reshape(-1), minlength=num_patches)
+    counts = torch.zeros(num_patches, device=windows.device).scatter_add_(
+        0, windows.reshape(-1), torch.ones(windows.numel(), device=windows.device))  # bincount, exportable
     return counts / totals
 
 
@@ -149,8 +150,9 @@ class WinClip(Method):
         kept = torch.cat([torch.arange(prefix, device=hidden.device).expand(len(windows), -1), windows + prefix], 1)
         side = math.isqrt(windows.shape[1])
         sequences = hidden[:, kept].flatten(0, 1)  # [B * W, prefix + s², C]
-        outputs = [self.backbone.project(self.run_tower(chunk, (side, side))[:, 0])
-                   for chunk in sequences.split(self.config.windows_per_pass)]
+        # An exported graph has a free batch axis, so it cannot cut B·W sequences into fixed chunks: one pass.
+        chunks = [sequences] if torch.onnx.is_in_onnx_export() else sequences.split(self.config.windows_per_pass)
+        outputs = [self.backbone.project(self.run_tower(chunk, (side, side))[:, 0]) for chunk in chunks]
         return torch.cat(outputs).view(hidden.shape[0], len(windows), -1)
 
     def run_tower(self, hidden: Tensor, grid: tuple[int, int]) -> Tensor:

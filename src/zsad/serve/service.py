@@ -23,8 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from zsad.data import decode_image_bytes, load_image
-from zsad.engine.calibration import IMAGE_RULE, PIXEL_RULE, Scorer
-from zsad.engine.predict import PredictConfig, Predictor, Thresholds, calibrate
+from zsad.calibration import IMAGE_RULE, PIXEL_RULE, Scorer
+from zsad.prediction import PredictConfig, Predictor, Thresholds, calibrate
 from zsad.errors import ConfigError, DataError
 from zsad.serve.store import Product, Store, check_name
 from zsad.serve.worker import ModelWorker

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad.engine.calibration import Scorer
+from zsad.calibration import Scorer
 
 Result = list[tuple[float, np.ndarray]]
 

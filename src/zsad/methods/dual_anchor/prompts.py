@@ -81,11 +81,17 @@ class DynamicStatePrompts(nn.Module):
         group tokens ``[B, 2, D_group]`` (required when dynamic, ignored otherwise)."""
         names = [clean_class_name(n) for n in class_names]
         distinct = sorted(set(names))
-        which = torch.tensor([distinct.index(n) for n in names], device=self.context.device)
         ids = torch.stack([self.token_ids(text, n) for n in distinct]).to(self.context.device)  # [U, 2, L]
+        if self.dynamic and groups is None:
+            raise ValueError("dynamic state prompts need the images' group tokens")
+        if len(distinct) == 1:  # one product (prediction): no per-image gather, so the batch size stays free
+            if self.dynamic:
+                ids = ids.expand(groups.shape[0], -1, -1)
+            embeddings = self._embeddings(text, ids, groups if self.dynamic else None)
+            anchors = text.encode_tokens(ids.flatten(0, 1), embeddings.flatten(0, 1)).view(*ids.shape[:2], -1)
+            return anchors if self.dynamic else anchors.expand(len(names), -1, -1)
+        which = torch.tensor([distinct.index(n) for n in names], device=self.context.device)
         if self.dynamic:
-            if groups is None:
-                raise ValueError("dynamic state prompts need the images' group tokens")
             ids = ids[which]  # one pair of prompts per image
         embeddings = self._embeddings(text, ids, groups if self.dynamic else None)
         anchors = text.encode_tokens(ids.flatten(0, 1), embeddings.flatten(0, 1)).view(*ids.shape[:2], -1)

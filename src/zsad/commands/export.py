@@ -1,0 +1,54 @@
+"""``zsad export``: a method prepared for one product, as an ONNX or OpenVINO model for the deploy runtime."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zsad.cli_common import add_method_arguments, add_tiling_arguments
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a method prepared for one product to ONNX/OpenVINO (runs without "
+                       "PyTorch)")
+    add_method_arguments(p)
+    add_tiling_arguments(p)
+    p.add_argument("--class-name", default="object", help='product name for text prompts (default "object")')
+    p.add_argument("--refs", type=Path, help="folder of normal reference images: folded into the model (few-shot "
+                   "methods need it) and used to calibrate the thresholds as `zsad predict` does")
+    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "openvino"])
+    p.add_argument("--out", type=Path, required=True, help="the model folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from zsad.calibration import StoredThresholds
+    from zsad.cli_common import method_from_args, tiling_from_args
+    from zsad.config import from_dict
+    from zsad.engine.checkpoint import read_config
+    from zsad.export import export_model
+    from zsad.prediction import load_references
+
+    console = Console(stderr=True, soft_wrap=True)
+    method, _ = method_from_args(args)
+    references = None
+    if args.refs is not None:
+        references, _, skipped = load_references(args.refs, int(args.max_pixels))
+        for item in skipped:
+            console.print(f"skipped: {item.reason}", markup=False, highlight=False)
+    stored = None
+    if args.checkpoint and args.refs is None and (saved := read_config(args.checkpoint).get("thresholds")):
+        stored = from_dict(StoredThresholds, saved)
+    meta = export_model(method, args.out, args.class_name, references, args.fmt, args.precision,
+                        tiling_from_args(args, method), stored, args.overwrite,
+                        source={"checkpoint": str(args.checkpoint or ""), "weights": args.weights,
+                                "refs": str(args.refs or "")})
+    t = meta["thresholds"]
+    console.print(f"exported {meta['method']} for {meta['class_name']!r} to {args.out} ({args.fmt}, "
+                  f"{meta['input_size']} px input, {meta['references']} references folded in)")
+    if t["image"] is not None:
+        console.print(f"image threshold {t['image']:.4g} ({t['image_source']})")
+    return 0

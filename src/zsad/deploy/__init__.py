@@ -1,0 +1,197 @@
+"""The deploy runtime: an exported zsad model (:mod:`zsad.export`) on ONNX Runtime or OpenVINO, without
+PyTorch or transformers (``pip install 'zsad[deploy]'``)::
+
+    from zsad import deploy
+    model = deploy.load("models/bracket")
+    for result in model.predict([image]):          # RGB uint8 arrays [H, W, 3], any size
+        result.score, result.decision, result.anomaly_map   # map: float32 at the image's own size
+
+The runtime does no method math: it resizes each image (or each tile) to the model's input size exactly
+as ``zsad predict`` does, runs the graph, resizes the map back (bilinear, half-pixel centres, as
+PyTorch's ``interpolate(align_corners=False)``) and compares the score with the artefact's thresholds.
+It is also a :class:`~zsad.calibration.Scorer`, so ``zsad predict --model`` writes the same outputs
+as the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from zsad import __version__
+from zsad.errors import ConfigError, DataError
+from zsad.overlay import resize_image
+from zsad.prediction import Thresholds
+from zsad.tiling import Stitcher, Tiling, tiles
+
+FORMAT = "zsad-model"
+FORMAT_VERSION = 1
+METADATA = "zsad-model.json"
+
+
+@dataclass
+class Result:
+    score: float
+    decision: str  # "anomalous", "normal", or "" without an image threshold
+    anomaly_map: np.ndarray
+
+
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``(height, width)`` with half-pixel centres, as PyTorch's
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (sources clamped at the border)."""
+    result = anomaly_map.astype(np.float32)
+    for axis, target in enumerate(size):
+        length = result.shape[axis]
+        if length == target:
+            continue
+        source = np.maximum((np.arange(target, dtype=np.float64) + 0.5) * (length / target) - 0.5, 0)
+        low = np.minimum(np.floor(source).astype(np.intp), length - 1)
+        high = np.minimum(low + 1, length - 1)
+        weight = (source - low).astype(np.float32)
+        shape = [1, 1]
+        shape[axis] = target
+        weight = weight.reshape(shape)
+        result = np.take(result, low, axis=axis) * (1 - weight) + np.take(result, high, axis=axis) * weight
+    return result
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (model files are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(folder: Path) -> dict:
+    path = folder / METADATA
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no exported model folder there")
+    if not path.is_file():
+        raise ConfigError(f"{folder}: not an exported zsad model (no {METADATA}); create one with `zsad export`")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a zsad model description")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(f"{path}: model format version {version!r} was written by a newer zsad "
+                          f"({meta.get('zsad_version', '?')}); this is zsad {__version__}, which reads up to "
+                          f"{FORMAT_VERSION}")
+    for key in ("input_size", "model_files", "sha256", "thresholds", "runtime"):
+        if key not in meta:
+            raise ConfigError(f"{path}: the description lacks {key!r}")
+    return meta
+
+
+class DeployedModel:
+    """An exported model loaded for inference; see the module docstring."""
+
+    few_shot = False  # everything about the product is folded in: no references to prepare
+    zero_shot = True
+
+    def __init__(self, folder: str | Path, batch_size: int = 8) -> None:
+        self.folder = Path(folder)
+        self.meta = read_metadata(self.folder)
+        for name in self.meta["model_files"]:
+            path = self.folder / name
+            if not path.is_file():
+                raise ConfigError(f"{path}: model file missing")
+            if sha256(path) != self.meta["sha256"].get(name):
+                raise ConfigError(f"{path}: model file does not match its recorded SHA-256 (corrupted or "
+                                  f"truncated); export it again")
+        self.size = int(self.meta["input_size"])
+        self.batch_size = batch_size
+        known = {f.name for f in fields(Thresholds)}
+        saved = {k: v for k, v in self.meta["thresholds"].items() if k in known}
+        self.thresholds = Thresholds(**saved)
+        if self.thresholds.colour_range is not None:
+            self.thresholds.colour_range = tuple(self.thresholds.colour_range)
+        self.tiling = Tiling(**self.meta["tiling"]) if self.meta.get("tiling") else None
+        self.name = str(self.meta.get("method", ""))
+        self.class_name = str(self.meta.get("class_name", "object"))
+        self._run = self._onnx() if self.meta["runtime"] == "onnx" else self._openvino()
+
+    def _onnx(self):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError("running an exported model needs onnxruntime: pip install 'zsad[deploy]'") from None
+        path = self.folder / "model.onnx"
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=_providers(onnxruntime))
+        except Exception as err:  # ORT raises its own exception types for malformed models
+            raise ConfigError(f"{path}: onnxruntime cannot load it ({' '.join(str(err).split())[:200]})") from None
+        return lambda batch: session.run(None, {"images": batch})
+
+    def _openvino(self):
+        try:
+            import openvino
+        except ImportError:
+            raise ConfigError("this model was exported for OpenVINO: pip install openvino") from None
+        path = self.folder / "model.xml"
+        try:
+            # OpenVINO's CPU plugin may compute in bf16 on CPUs that have it: hold it to the exported precision.
+            hint = "f16" if self.meta.get("precision") == "fp16" else "f32"
+            compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        except Exception as err:
+            raise ConfigError(f"{path}: OpenVINO cannot load it ({' '.join(str(err).split())[:200]})") from None
+        return lambda batch: [compiled(batch)[i] for i in range(2)]
+
+    # --- the Scorer protocol --------------------------------------------------------------------------
+    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
+        """Nothing to prepare: the product's state was folded in at export."""
+
+    def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        """``(score, float32 map at the image's own size)`` per RGB ``uint8`` image ``[H, W, 3]``."""
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise DataError(f"images must be RGB uint8 arrays [H, W, 3]; got {image.dtype} {list(image.shape)}")
+        if self.tiling is None:
+            maps, scores = self.run([resize_image(image, (self.size, self.size)) for image in images])
+            return [(float(s), resize_map(m, image.shape[:2])) for image, m, s in zip(images, maps, scores)]
+        return [self._tiled(image) for image in images]
+
+    def run(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The graph on images already at the input size, in batches: maps ``[N, S, S]``, scores ``[N]``."""
+        maps, scores = [], []
+        for start in range(0, len(pieces), self.batch_size):
+            anomaly_map, score = self._run(np.stack(pieces[start : start + self.batch_size]))
+            maps.append(np.asarray(anomaly_map, dtype=np.float32))
+            scores.append(np.asarray(score, dtype=np.float32))
+        return np.concatenate(maps), np.concatenate(scores)
+
+    def _tiled(self, image: np.ndarray) -> tuple[float, np.ndarray]:
+        stitcher = Stitcher(*image.shape[:2], self.tiling)
+        boxes, pieces = zip(*((box, resize_image(np.ascontiguousarray(p), (self.size, self.size)))
+                              for box, p in tiles(image, self.tiling)))
+        maps, scores = self.run(list(pieces))
+        for box, anomaly_map in zip(boxes, maps):
+            stitcher.add(box, resize_map(anomaly_map, box[2:]))
+        return self.tiling.aggregate_scores(scores), stitcher.result()
+
+    # --- decisions ------------------------------------------------------------------------------------
+    def decide(self, score: float) -> str:
+        if self.thresholds.image is None:
+            return ""
+        return "anomalous" if score >= self.thresholds.image else "normal"
+
+    def results(self, images: list[np.ndarray]) -> list[Result]:
+        return [Result(score, self.decide(score), anomaly_map) for score, anomaly_map in self.predict(images)]
+
+
+def _providers(onnxruntime) -> list[str]:
+    available = onnxruntime.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def load(path: str | Path, batch_size: int = 8) -> DeployedModel:
+    """An exported model folder, checked (format version, SHA-256 of the model files) and ready to run."""
+    return DeployedModel(path, batch_size)

@@ -1,0 +1,159 @@
+"""Export a method, prepared for one product, to one ONNX (or OpenVINO) model that runs without PyTorch.
+
+Everything category-specific is folded into the graph as constants: text anchors, the reference memory
+or dictionary, prompts; the thresholds are calibrated from the references exactly as ``zsad predict``
+does and written into the artefact's metadata. The graph takes a batch of RGB ``uint8`` images
+``[B, S, S, 3]`` already resized to the method's input size ``S`` (bicubic, as the evaluation loader and
+``zsad predict`` resize) and returns the anomaly map ``[B, S, S]`` float32 at that size, smoothing and
+upsampling included, and the image score ``[B]``. Scaling to [0, 1] and the backbone's normalisation
+happen in the graph. The batch axis is dynamic.
+
+Artefact folder (written to a temporary folder beside ``out`` and renamed into place, so ``out`` never
+holds half a model)::
+
+    model.onnx           (or model.xml + model.bin for OpenVINO)
+    zsad-model.json      method, backbone, class name, input size, preprocessing, outputs, thresholds and
+                         how they were set, tiling, precision, zsad version, SHA-256 of the model file(s)
+
+Operators that do not export as they run in PyTorch have exportable equivalents, each proved equal by
+the export tests: sparsemax sorts all scores instead of fetching top-k candidates on demand
+(:mod:`zsad.methods.sparsemax`); WinCLIP's window counts use ``scatter_add`` instead of ``bincount``;
+Dual-Anchor's per-image prompt gather is skipped for a single product; Gumbel assignment is already
+noise-free at inference; MoECLIP's top-k routing and AnomalyCLIP's value-value attention export as is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from zsad import __version__
+from zsad.io import _umask
+from zsad.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds
+from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
+from zsad.engine.predict import MethodScorer
+from zsad.errors import ConfigError
+from zsad.methods.base import Method
+from zsad.prediction import PredictConfig, calibrate
+from zsad.tiling import Tiling
+
+OPSET = 18
+Format = Literal["onnx", "openvino"]
+Precision = Literal["fp32", "fp16"]
+
+
+class DeployGraph(nn.Module):
+    """A prepared method as one function of uint8 images ``[B, S, S, 3]``: ``(anomaly map, score)``."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        prediction = self.method.predict(images.permute(0, 3, 1, 2).float() / 255)
+        return prediction.anomaly_map.float(), prediction.score.float()
+
+
+def _check(method: Method, references: list[np.ndarray] | None, fmt: str, precision: str) -> None:
+    if fmt not in ("onnx", "openvino"):
+        raise ConfigError(f"--format must be onnx or openvino, got {fmt!r}")
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision must be fp32 or fp16 for export, got {precision!r}")
+    if method.few_shot and not method.zero_shot and not references:
+        raise ConfigError(f"method {method.name!r} is few-shot: pass --refs DIR with normal images of the product "
+                          f"to fold into the exported model")
+    if fmt == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format openvino needs the openvino package: pip install 'zsad[deploy]' "
+                              "openvino") from None
+
+
+def export_graph(method: Method, path: Path, batch: int = 2) -> None:
+    """Trace the prepared ``method`` to ONNX at ``path`` with a dynamic batch axis."""
+    size = method.config.image_size
+    example = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=method.device,
+                            generator=torch.Generator(method.device).manual_seed(0))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on Python-side shapes: the batch axis is checked by tests
+        torch.onnx.export(DeployGraph(method).eval(), (example,), str(path), input_names=["images"],
+                          output_names=["anomaly_map", "score"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}})
+
+
+def export_model(method: Method, out: str | Path, class_name: str, references: list[np.ndarray] | None = None,
+                 fmt: Format = "onnx", precision: Precision = "fp32", tiling: Tiling | None = None,
+                 stored: StoredThresholds | None = None, overwrite: bool = False,
+                 source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prepare ``method`` for ``class_name`` (and its ``references``), calibrate, export; return the metadata."""
+    import onnx
+
+    out = Path(out)
+    _check(method, references, fmt, precision)
+    if out.exists() and not (out.is_dir() and overwrite):
+        raise ConfigError(f"{out} exists already: choose another --out or pass --overwrite to replace it")
+    method.eval()
+    scorer = MethodScorer(method, tiling)
+    rule = references is not None and len(references) >= (2 if method.few_shot else 1)
+    config = PredictConfig(class_name=class_name, threshold=IMAGE_RULE if rule else None,
+                           pixel_threshold=PIXEL_RULE if rule else None, stored=stored)
+    thresholds = calibrate(scorer, config, references)  # leaves the method prepared on all references
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        onnx_path = staging / "model.onnx"
+        export_graph(method, onnx_path)
+        model = onnx.load(str(onnx_path))
+        onnx.checker.check_model(model)
+        if precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(model, keep_io_types=True), str(onnx_path))
+        files = ["model.onnx"]
+        if fmt == "openvino":
+            import openvino
+
+            openvino.save_model(openvino.convert_model(str(onnx_path)), str(staging / "model.xml"),
+                                compress_to_fp16=precision == "fp16")
+            onnx_path.unlink()
+            files = ["model.xml", "model.bin"]
+        size = method.config.image_size
+        metadata = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "zsad_version": __version__,
+            "method": method.name, "backbone": method.config.backbone, "class_name": class_name,
+            "source": source or {}, "runtime": fmt, "precision": precision, "model_files": files,
+            "sha256": {name: sha256(staging / name) for name in files},
+            "input": {"name": "images", "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "NHWC RGB"},
+            "input_size": size,
+            "preprocessing": {"resize": f"each image to {size}x{size}, bicubic (PIL), before the graph",
+                              "in_graph": "x / 255, then the backbone's mean/std normalisation"},
+            "outputs": {"anomaly_map": {"dtype": "float32", "shape": ["batch", size, size]},
+                        "score": {"dtype": "float32", "shape": ["batch"]}},
+            "postprocessing": "anomaly_map resized bilinearly (half-pixel centres) to each image's own size",
+            "tiling": None if tiling is None else asdict(tiling),
+            "thresholds": asdict(thresholds), "references": len(references or []),
+            "opset": OPSET,
+        }
+        (staging / METADATA).write_text(json.dumps(metadata, indent=2))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the artefact gets normal permissions
+        if out.exists():
+            retired = out.with_name(f".{out.name}-replaced")
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return metadata

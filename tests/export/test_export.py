@@ -1,0 +1,191 @@
+"""Export every method to ONNX (and OpenVINO), run it with the deploy runtime, compare with PyTorch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from zsad import deploy
+from zsad.engine.build import build_method
+from zsad.errors import ConfigError, DataError
+from zsad.export import METADATA, export_model
+from zsad.methods import available_methods
+
+SIZE = 64
+COMBOS = [(name, "clip-tiny") for name in sorted(available_methods())] + [("spg", "dino-tiny"),
+                                                                           ("dual-anchor", "dino-tiny")]
+
+
+def _images(count: int, seed: int, size: int = SIZE) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _pytorch(method, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        prediction = method.predict(batch)
+    return prediction.anomaly_map.numpy(), prediction.score.numpy()
+
+
+def _parity(method, model, images) -> tuple[float, float]:
+    """Max |exported - PyTorch| of maps (as a fraction of the map's range) and of scores."""
+    maps, scores = model.run(images)
+    reference_maps, reference_scores = _pytorch(method, images)
+    span = float(reference_maps.max() - reference_maps.min())
+    return float(np.abs(maps - reference_maps).max()) / span, float(np.abs(scores - reference_scores).max())
+
+
+@pytest.mark.parametrize("name, backbone", COMBOS, ids=[f"{n}-{b}" for n, b in COMBOS])
+def test_exported_model_matches_pytorch(name, backbone, tmp_path):
+    """Traced at batch 2, run at batch 3 (dynamic batch axis). Measured: at most 5e-6 of the map's range."""
+    torch.manual_seed(0)
+    method = build_method(name, backbone=backbone, image_size=SIZE)
+    refs = _images(3, seed=1)
+    meta = export_model(method, tmp_path / "model", "pcb-1", refs)
+    onnx.checker.check_model(str(tmp_path / "model" / "model.onnx"))
+    assert meta["thresholds"]["image_source"].startswith("auto:") and meta["references"] == 3
+    model = deploy.load(tmp_path / "model")
+    map_error, score_error = _parity(method, model, _images(3, seed=2))  # the method is left prepared on refs
+    assert map_error <= 1e-4 and score_error <= 1e-4, (map_error, score_error)
+
+
+@pytest.mark.slow
+def test_a_real_architecture_exports_and_fp16_is_reported(tmp_path):
+    """ViT-B/16 with random weights at 224 px: fp32 parity as for the tiny models; fp16 is measured."""
+    torch.manual_seed(0)
+    method = build_method("knn", backbone="clip-vit-b16", weights="random", image_size=224)
+    refs = _images(2, seed=1, size=224)
+    export_model(method, tmp_path / "fp32", "screw", refs)
+    images = _images(2, seed=2, size=224)
+    map_error, score_error = _parity(method, deploy.load(tmp_path / "fp32"), images)
+    assert map_error <= 1e-4 and score_error <= 1e-4, (map_error, score_error)
+    export_model(method, tmp_path / "fp16", "screw", refs, precision="fp16")
+    half_map, half_score = _parity(method, deploy.load(tmp_path / "fp16"), images)
+    print(f"fp16 against PyTorch fp32: map {half_map:.2e} of its range, score {half_score:.2e}")
+    assert half_map < 0.05  # half precision: reported, loosely bounded
+
+
+@pytest.mark.slow
+def test_openvino_runs_the_same_model(tmp_path):
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    method = build_method("aprilgan", backbone="clip-tiny", image_size=SIZE)
+    export_model(method, tmp_path / "model", "pcb", _images(2, seed=1), fmt="openvino")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.bin", "model.xml", METADATA]
+    map_error, score_error = _parity(method, deploy.load(tmp_path / "model"), _images(3, seed=2))
+    assert map_error <= 1e-4 and score_error <= 1e-4, (map_error, score_error)
+
+
+def test_runtime_resize_equals_pytorch_bilinear():
+    from zsad.methods.maps import upsample
+
+    rng = np.random.default_rng(0)
+    for shape, size in [((16, 16), (40, 30)), ((64, 64), (64, 64)), ((7, 9), (100, 3)), ((32, 32), (8, 8))]:
+        small = rng.random(shape, dtype=np.float32)
+        expected = upsample(torch.from_numpy(small)[None], size)[0].numpy()
+        np.testing.assert_allclose(deploy.resize_map(small, size), expected, atol=1e-6)
+
+
+def _write(folder: Path, images: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return folder
+
+
+BLOCKED = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, Block())
+from zsad.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_cli_export_then_predict_without_torch(tmp_path):
+    """The checks' interface: `zsad export ... --refs DIR --out DIR`, then `zsad predict --model DIR` in a
+    process where importing torch or transformers fails; outputs as from the PyTorch path."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(90, 140, (48, 48, 3), dtype=np.uint8)
+    refs = _write(tmp_path / "refs", [np.clip(base.astype(int) + rng.integers(-8, 8, base.shape), 0, 255).astype(
+        np.uint8) for _ in range(3)])
+    defect = base.copy()
+    defect[10:30, 10:30] = 250
+    images = _write(tmp_path / "images", [base, defect, _images(1, 4, 80)[0]])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    export = [sys.executable, "-m", "zsad", "export", "--method", "knn", "--backbone", "clip-tiny", "--image-size",
+              "224", "--class-name", "coins", "--refs", str(refs), "--out", str(tmp_path / "model")]
+    assert subprocess.run(export, capture_output=True, text=True, env=env).returncode == 0
+    deployed = subprocess.run([sys.executable, "-c", BLOCKED, "predict", "--model", str(tmp_path / "model"), "--images",
+                               str(images), "--out", str(tmp_path / "deployed")], capture_output=True, text=True, env=env)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "3 image(s) predicted" in deployed.stderr
+    blocked = subprocess.run([sys.executable, "-c", BLOCKED, "predict", "--method", "knn", "--images", str(images)],
+                             capture_output=True, text=True, env=env)
+    assert blocked.returncode != 0 and "blocked" in blocked.stderr  # the block is real
+    reference = subprocess.run(
+        [sys.executable, "-m", "zsad", "predict", "--method", "knn", "--backbone", "clip-tiny", "--image-size", "224",
+         "--class-name", "coins", "--refs", str(refs), "--images", str(images), "--out", str(tmp_path / "pytorch")],
+        capture_output=True, text=True, env=env)
+    assert reference.returncode == 0, reference.stderr
+
+    def rows(folder: Path) -> list[dict[str, str]]:
+        with (folder / "scores.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    exported, pytorch = rows(tmp_path / "deployed"), rows(tmp_path / "pytorch")
+    assert [r["path"] for r in exported] == [r["path"] for r in pytorch]
+    assert [r["decision"] for r in exported] == [r["decision"] for r in pytorch] == ["normal", "anomalous", "anomalous"]
+    np.testing.assert_allclose([float(r["score"]) for r in exported], [float(r["score"]) for r in pytorch], atol=1e-4)
+    assert sorted(p.name for p in (tmp_path / "deployed" / "overlays").iterdir()) == ["0.png", "1.png", "2.png"]
+    assert (tmp_path / "deployed" / "skipped.csv").is_file()
+
+
+def test_bad_exports_and_bad_models_are_one_line_errors(tmp_path):
+    torch.manual_seed(0)
+    knn = build_method("knn", backbone="clip-tiny", image_size=SIZE)
+    with pytest.raises(ConfigError, match="few-shot: pass --refs"):
+        export_model(knn, tmp_path / "a", "pcb", None)
+    with pytest.raises(ConfigError, match="--precision must be fp32 or fp16"):
+        export_model(knn, tmp_path / "a", "pcb", _images(2, 1), precision="bf16")
+    export_model(knn, tmp_path / "model", "pcb", _images(2, 1))
+    with pytest.raises(ConfigError, match="exists already"):
+        export_model(knn, tmp_path / "model", "pcb", _images(2, 1))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+    model = tmp_path / "model" / "model.onnx"
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="does not match its recorded SHA-256"):
+        deploy.load(tmp_path / "model")
+    model.write_bytes(data)
+    meta_path = tmp_path / "model" / METADATA
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": 99, "zsad_version": "9.0"}))
+    with pytest.raises(ConfigError, match="format version 99 was written by a newer zsad"):
+        deploy.load(tmp_path / "model")
+    meta_path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        deploy.load(tmp_path / "model")
+    meta_path.write_text(json.dumps(meta))
+    loaded = deploy.load(tmp_path / "model")
+    with pytest.raises(DataError, match=r"RGB uint8 arrays \[H, W, 3\]"):
+        loaded.predict([np.zeros((32, 32, 4), np.uint8)])
+    assert len(loaded.results([np.zeros((100, 37, 3), np.uint8)])[0].anomaly_map) == 100  # any size: resized
+    with pytest.raises(ConfigError, match="not an exported zsad model"):
+        deploy.load(tmp_path)
