@@ -11,8 +11,11 @@ import argparse
 import importlib
 import sys
 
+from pathlib import Path
+
 from zsad import __version__
 from zsad.errors import ZsadError
+from zsad.io import check_output_dir
 
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
             "serve", "export")
@@ -34,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if isinstance(getattr(args, "out", None), Path):
+            check_output_dir(args.out)
         result = args.func(args)
     except ZsadError as err:
         print(f"zsad {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permission, name too long, ... while writing: one line, the path named
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"zsad {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zsad {args.command}: interrupted", file=sys.stderr)

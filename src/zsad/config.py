@@ -21,6 +21,20 @@ T = TypeVar("T")
 _NONE = {"none", "null", "~", ""}
 
 
+def check_range(name: str, value: float | int | None, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """A one-line error naming the field, its value and the valid range when ``value`` falls outside it."""
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ConfigError(f"{name} must be in {span}, got {value}")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-serialisable dict of a (nested) dataclass; tuples become lists."""
     return json.loads(json.dumps(dataclasses.asdict(config)))

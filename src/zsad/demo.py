@@ -33,6 +33,7 @@ from zsad.engine.predict import predict_images
 from zsad.prediction import PredictConfig, PredictSummary, list_files
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
+from zsad.runtime import seed_everything
 from zsad.methods import method_class
 from zsad.report import ReportCollector, Results, write_report
 
@@ -136,9 +137,10 @@ def _write_data(folder: Path, plan: DemoPlan, console: Console) -> tuple[Path, P
 
 
 def _train(name: str, auxiliary: Path, checkpoint: Path, plan: DemoPlan, console: Console) -> Path:
-    method = build_method(name, backbone=plan.backbone, image_size=plan.image_size)
-    config = replace(train_config_for(type(method)), epochs=plan.epochs, batch_size=plan.batch_size,
+    config = replace(train_config_for(method_class(name)), epochs=plan.epochs, batch_size=plan.batch_size,
                      max_steps_per_epoch=plan.steps_per_epoch, feature_cache="off")
+    seed_everything(config.seed)  # before building: the fresh parameters are part of the run, as in `zsad train`
+    method = build_method(name, backbone=plan.backbone, image_size=plan.image_size)
     records = training_records([open_dataset(f"mvtec:{auxiliary}")], config)
     trainer = Trainer(method, records, config, checkpoint, meta={"data": [f"mvtec:{auxiliary}"]})
     with progress_bar(console, f"training {name}") as advance:

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from zsad.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -23,6 +25,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Refuse, before any work starts, an output folder that is a file or lies where nothing can be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: the output folder is an existing file; choose another --out")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{path}: {existing} is a file, so the output folder cannot be created there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: cannot write into {existing} (permission denied)")
 
 
 def _umask() -> int:

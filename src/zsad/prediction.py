@@ -29,6 +29,9 @@ from __future__ import annotations
 import csv
 import io as stdio
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ from zsad import io
 from zsad.calibration import (
     PIXEL_RULE, ReferenceScores, Scorer, StoredThresholds, ThresholdRule, score_references,
 )
+from zsad.config import check_range
 from zsad.data.images import load_image
 from zsad.errors import ConfigError, DataError
 from zsad.overlay import heatmap_overlay, png_bytes, side_by_side
@@ -60,6 +64,11 @@ class PredictConfig:
     max_pixels: int = 100_000_000  # larger images are skipped with a one-line reason
     stored: StoredThresholds | None = None  # a checkpoint's thresholds: decisions without references
     preset: Thresholds | None = None  # thresholds fixed elsewhere (an exported model's), used as they are
+
+    def __post_init__(self) -> None:
+        check_range("batch_size", self.batch_size, 1)
+        check_range("max_pixels", self.max_pixels, 4)
+        check_range("opacity", self.opacity, 0, 1)
 
 
 @dataclass
@@ -227,19 +236,29 @@ def predict_folder(scorer: Scorer, target: Path, out: Path, references: Path | N
     predictor = Predictor(config, thresholds)
     names = dict(zip(files, overlay_names([f.relative_to(root) for f in files])))
     rows = []
-    for start in range(0, len(files), config.batch_size):
-        chunk = files[start : start + config.batch_size]
-        images, unreadable = read_images(chunk, config.max_pixels)
-        skipped += unreadable
-        if images:
-            for (path, image), (score, anomaly_map) in zip(images, scorer.predict([i for _, i in images])):
-                overlay = Path("overlays") / names[path]
-                io.write_bytes(out / overlay, predictor.draw(image, anomaly_map))
-                if config.save_maps:
-                    io.write_bytes(out / "maps" / names[path].with_suffix(".npy"), npy_bytes(anomaly_map))
-                rows.append([str(path), f"{score:.6g}", predictor.decision(score), overlay.as_posix()])
-        if progress:
-            progress(len(chunk))
+    # This run's pictures go to a private folder first and replace the previous run's only at the end, so an
+    # interrupted run leaves the earlier results intact and a finished one leaves none of them behind.
+    staging = out / f".predict-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for start in range(0, len(files), config.batch_size):
+            chunk = files[start : start + config.batch_size]
+            images, unreadable = read_images(chunk, config.max_pixels)
+            skipped += unreadable
+            if images:
+                for (path, image), (score, anomaly_map) in zip(images, scorer.predict([i for _, i in images])):
+                    overlay = Path("overlays") / names[path]
+                    io.write_bytes(staging / overlay, predictor.draw(image, anomaly_map))
+                    if config.save_maps:
+                        io.write_bytes(staging / "maps" / names[path].with_suffix(".npy"), npy_bytes(anomaly_map))
+                    rows.append([str(path), f"{score:.6g}", predictor.decision(score), overlay.as_posix()])
+            if progress:
+                progress(len(chunk))
+        if not rows:
+            raise DataError(f"none of the {len(files)} file(s) under {target} could be read; the first: "
+                            f"{skipped[0].reason}")
+        _replace_outputs(out, staging, ("overlays", "maps"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _write_csv(out / "scores.csv", ["path", "score", "decision", "overlay"], rows)
     _write_csv(out / "skipped.csv", ["path", "reason"], [[s.path, s.reason] for s in skipped])
     io.write_text(out / "thresholds.json", json.dumps(
@@ -247,6 +266,15 @@ def predict_folder(scorer: Scorer, target: Path, out: Path, references: Path | N
          "references": [str(p) for p in ref_paths]}, indent=2))
     anomalous = sum(row[2] == "anomalous" for row in rows)
     return PredictSummary(out, len(rows), anomalous, skipped, thresholds)
+
+
+def _replace_outputs(out: Path, staging: Path, kinds: tuple[str, ...]) -> None:
+    """Swap each ``staging/<kind>`` folder in for ``out/<kind>`` (the previous run's goes)."""
+    for kind in kinds:
+        if (out / kind).exists():
+            (out / kind).rename(staging / f"{kind}.previous")
+        if (staging / kind).exists():
+            (staging / kind).rename(out / kind)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -29,5 +29,9 @@ def progress_bar(console, description: str) -> Iterator[_Advance]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[info]}"), console=console, transient=False) as progress:
         task = progress.add_task(description, total=None, info="")
-        yield _Advance(progress, task)
+        try:
+            yield _Advance(progress, task)
+        except BaseException:
+            progress.live.transient = True  # a failed run's bar goes: the one error line stands alone
+            raise
 

@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a method under the zero-/few-shot protocol")
     add_method_arguments(p)
     p.add_argument("--data", required=True, help="dataset as FORMAT:PATH (see `zsad datasets`)")
+    p.add_argument("--allow-outside-root", action="store_true", help="let meta.json / VisA CSV entries name "
+                   "files outside the dataset folder")
     p.add_argument("--shots", type=int_list, default=None, help="comma-separated k values (default: 0 or 4)")
     p.add_argument("--seeds", type=int, default=5, help="reference draws per k > 0 (default 5)")
     p.add_argument("--categories", type=str_list, default=None, help="comma-separated subset of categories")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from zsad.engine.evaluate import EvalConfig, evaluate, write_results
     from zsad.errors import ConfigError
 
-    dataset = open_dataset(args.data)
+    dataset = open_dataset(args.data, args.allow_outside_root)
     method, device = method_from_args(args)
     console = Console(stderr=True, quiet=not distributed.is_main())
     if args.report and distributed.world_size() > 1:

@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", required=True,
                    help="auxiliary dataset as FORMAT:PATH; repeat to train on several")
     p.add_argument("--split", choices=["train", "test"], help="auxiliary split (default: the method's)")
+    p.add_argument("--allow-outside-root", action="store_true", help="let meta.json / VisA CSV entries name "
+                   "files outside the dataset folder")
     p.add_argument("--stage", help="training stage for multi-stage methods (e.g. spg: sae, guides)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -32,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "held-out normal images (default 0.05)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--force-resume", action="store_true", help="with --resume: continue even though the data or "
+                   "training config differ from the run's")
     p.set_defaults(func=run)
 
 
@@ -72,17 +76,17 @@ def run(args: argparse.Namespace) -> int:
                             args.train_overrides)
     device = run_device(args.device)
     console = Console(stderr=True, quiet=not distributed.is_main())
-    datasets = [open_dataset(spec) for spec in args.data]
+    datasets = [open_dataset(spec, args.allow_outside_root) for spec in args.data]
     seed_everything(config.seed)  # the method's fresh parameters are part of the run's reproducibility
     method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
                           image_size=args.image_size, overrides=overrides, device=device, partial=True)
     if args.checkpoint:
         console.print(f"initialised from {args.checkpoint}: {method.load_report}")
     records, held_out = hold_out_for_calibration(training_records(datasets, config), config)
+    trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})
+    if args.resume:
+        trainer.resume(allow_changes=args.force_resume)
     with progress_bar(console, f"training {method.name}") as advance:
-        trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})
-        if args.resume:
-            trainer.resume()
         advance.total(config.epochs * trainer.steps_per_epoch)
         advance(trainer.epoch * trainer.steps_per_epoch)
         trainer.on_step = lambda step, losses: (advance(1), advance.info(_losses(losses)))

@@ -23,6 +23,7 @@ class AnomalyDataset(ABC):
 
     format: ClassVar[str]
     description: ClassVar[str]
+    allow_outside_root = False  # index files (meta.json, VisA's CSV) may name files outside the root
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -36,6 +37,10 @@ class AnomalyDataset(ABC):
         """All categories, sorted."""
         if self._categories is None:
             found = sorted(self._find_categories())
+            for name in found:  # category names become folder and file names in reports
+                if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+                    raise DataError(f"{self.format} dataset {self.root}: category name {name!r} is not allowed "
+                                    f"(it would be used as a file name)")
             if not found:
                 raise DataError(f"{self.format} dataset {self.root} contains no categories ({self._layout_hint()})")
             self._categories = found
@@ -61,6 +66,15 @@ class AnomalyDataset(ABC):
     def has_masks(self, category: str) -> bool:
         """Whether every anomalous test image of ``category`` has a ground-truth mask."""
         return all(r.mask_path is not None for r in self.records(category, "test") if r.label == 1)
+
+    def listed_path(self, index: Path, relative: str, where: str) -> Path:
+        """A path named by the index file ``index``, refused when it leaves the dataset root (absolute, or
+        with ``..``) unless :attr:`allow_outside_root`."""
+        path = self.root / relative
+        if not self.allow_outside_root and not path.resolve().is_relative_to(self.root.resolve()):
+            raise DataError(f"{index}: {where} names {relative!r}, outside the dataset root {self.root} (pass "
+                            f"--allow-outside-root if that is intended)")
+        return path
 
     @abstractmethod
     def _find_categories(self) -> list[str]:

@@ -75,8 +75,8 @@ class MetaDataset(AnomalyDataset):
             raise DataError(f"{self.meta_file}: {where} has a non-string 'mask_path'")
         label = int(anomaly)
         return Record(
-            image_path=self.root / entry["img_path"],
-            mask_path=self.root / mask if mask and label else None,
+            image_path=self.listed_path(self.meta_file, entry["img_path"], where),
+            mask_path=self.listed_path(self.meta_file, mask, where) if mask and label else None,
             label=label,
             category=category,
             defect=str(entry.get("specie_name") or "anomaly") if label else "good",

@@ -22,8 +22,9 @@ FORMATS: dict[str, str] = {name: layout.description for name, layout in _LAYOUTS
 """Format name -> one-line description of the layout it reads."""
 
 
-def open_dataset(spec: str) -> AnomalyDataset:
-    """Open ``FORMAT:PATH`` (e.g. ``mvtec:/data/mvtec``); nothing is scanned until it is asked for."""
+def open_dataset(spec: str, allow_outside_root: bool = False) -> AnomalyDataset:
+    """Open ``FORMAT:PATH`` (e.g. ``mvtec:/data/mvtec``); nothing is scanned until it is asked for.
+    ``allow_outside_root`` lets index files name images outside the dataset's folder."""
     name, sep, location = spec.partition(":")
     if not sep or not location:
         example = "mvtec:/data/mvtec"
@@ -36,4 +37,6 @@ def open_dataset(spec: str) -> AnomalyDataset:
         raise DataError(f"{layout.format} dataset path {path} does not exist")
     if not path.is_dir() and layout is not MetaDataset:
         raise DataError(f"{layout.format} dataset path {path} is not a folder")
-    return layout(path)
+    dataset = layout(path)
+    dataset.allow_outside_root = allow_outside_root
+    return dataset

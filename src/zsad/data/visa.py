@@ -64,8 +64,8 @@ class VisADataset(AnomalyDataset):
         if not row["image"] or not row["object"]:
             raise DataError(f"{where}: empty object or image")
         return Record(
-            image_path=self.root / row["image"],
-            mask_path=self.root / row["mask"] if row["mask"] and label else None,
+            image_path=self.listed_path(self.split_file, row["image"], f"line {line}"),
+            mask_path=self.listed_path(self.split_file, row["mask"], f"line {line}") if row["mask"] and label else None,
             label=label,
             category=row["object"],
             defect="anomaly" if label else "good",

@@ -6,13 +6,15 @@ user's ``--weights``, and only the method's own tensors are loaded on top.
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zsad.backbones import build_backbone
-from zsad.config import from_dict, with_overrides
+from zsad.backbones import build_backbone, get_spec
+from zsad.config import check_range, from_dict, with_overrides
 from zsad.engine.checkpoint import WEIGHTS, load_tensors, read_config
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, method_class
@@ -28,8 +30,30 @@ def method_config(name: str, base: dict[str, Any] | None = None, backbone: str |
         flags["backbone"] = backbone
     if image_size:
         flags["image_size"] = image_size
-    config = with_overrides(config, flags)
-    return with_overrides(config, list(overrides))
+    config = with_overrides(with_overrides(config, flags), list(overrides))
+    return fit_image_size(config, explicit=bool(image_size) or any(o.startswith("image_size=") for o in overrides))
+
+
+def fit_image_size(config: Any, explicit: bool) -> Any:
+    """Input sides must be multiples of the backbone's patch. A default that is not (518 px on a patch-16
+    backbone) becomes the nearest multiple, said in one line; a size the user gave is an error naming it."""
+    check_range("image_size", config.image_size, 1)
+    patch = get_spec(config.backbone).patch_size
+    if config.image_size % patch == 0:
+        return config
+    nearest = max(patch, round(config.image_size / patch) * patch)
+    if explicit:
+        raise ConfigError(f"image size {config.image_size} is not a multiple of {config.backbone}'s patch size "
+                          f"{patch}; the nearest valid size is {nearest}")
+    _note(f"note: {config.backbone} needs multiples of {patch} px; using image size {nearest} instead of the "
+          f"method's default {config.image_size}")
+    return with_overrides(config, {"image_size": nearest})
+
+
+@functools.cache
+def _note(text: str) -> None:
+    """One line on the ``zsad`` logger (stderr by default), once per process however often it applies."""
+    logging.getLogger("zsad").warning(text)
 
 
 def build_method(name: str | None = None, *, checkpoint: str | Path | None = None, backbone: str | None = None,

@@ -8,8 +8,11 @@ Layout of a checkpoint folder::
     train_state.json     optimizer/scheduler scalars and structure   (training runs only)
     train_state.safetensors  optimizer tensors                         (training runs only)
 
-Every file is written to a temporary name and renamed into place, and ``config.json`` is written last,
-so a crash leaves either the previous complete checkpoint or the new one.
+A checkpoint is written as one unit (:class:`CheckpointWriter`): every file first goes to
+``<name>.pending``; then a commit marker listing them is written, and only then are they renamed into
+place. Readers first finish an interrupted commit (marker present: roll forward) or discard pending
+files (no marker: the previous checkpoint stands), so a crash at any moment leaves either the previous
+complete checkpoint or the new one, never a mix of epochs.
 
 ``format_version`` versions this layout and ``method_version`` the method's config fields and tensor
 names (:attr:`zsad.methods.base.Method.config_version`). Reading upgrades older files step by step
@@ -20,6 +23,7 @@ written by a newer zsad instead of misreading them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,47 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
+PENDING = ".pending"
+COMMIT = "checkpoint.commit"
+
+
+class CheckpointWriter:
+    """Collects the files of one checkpoint under ``.pending`` names; :meth:`commit` makes them current."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        recover(self.directory)
+        self.names: list[str] = []
+
+    def path(self, name: str) -> Path:
+        self.names.append(name)
+        return self.directory / f"{name}{PENDING}"
+
+    def tensors(self, name: str, tensors: dict[str, Tensor]) -> None:
+        save_tensors(self.path(name), tensors)
+
+    def text(self, name: str, text: str) -> None:
+        io.write_text(self.path(name), text)
+
+    def commit(self) -> None:
+        io.write_text(self.directory / COMMIT, json.dumps(self.names))
+        recover(self.directory)
+
+
+def recover(directory: str | Path) -> None:
+    """Finish a commit whose marker exists (rename its pending files into place), then drop leftovers."""
+    directory = Path(directory)
+    marker = directory / COMMIT
+    if marker.is_file():
+        for name in json.loads(marker.read_text()):
+            pending = directory / f"{name}{PENDING}"
+            if pending.exists():
+                os.replace(pending, directory / name)
+        marker.unlink()
+    if directory.is_dir():
+        for leftover in directory.glob(f"*{PENDING}"):
+            leftover.unlink()
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -64,19 +109,28 @@ FORMAT_UPGRADES = {0: _unversioned_to_1}
 
 def save_checkpoint(directory: str | Path, method_name: str, config: dict[str, Any],
                     tensors: dict[str, Tensor], method_version: int = 1, **meta: Any) -> Path:
-    """Write an inference checkpoint (weights, then config) into ``directory``."""
-    directory = Path(directory)
-    save_tensors(directory / WEIGHTS, tensors)
-    io.write_text(directory / CONFIG, json.dumps({
+    """Write an inference checkpoint (weights and config, one unit) into ``directory``."""
+    writer = CheckpointWriter(directory)
+    add_checkpoint(writer, method_name, config, tensors, method_version, **meta)
+    writer.commit()
+    return Path(directory)
+
+
+def add_checkpoint(writer: CheckpointWriter, method_name: str, config: dict[str, Any], tensors: dict[str, Tensor],
+                   method_version: int = 1, **meta: Any) -> None:
+    """Weights and ``config.json`` as part of a larger unit (a training checkpoint adds its state)."""
+    writer.tensors(WEIGHTS, tensors)
+    writer.text(CONFIG, json.dumps({
         "format": FORMAT, "format_version": FORMAT_VERSION, "zsad_version": __version__, "method": method_name,
         "method_version": method_version, "config": config, **meta}, indent=2))
-    return directory
 
 
 def update_config(directory: str | Path, **fields: Any) -> None:
     """Add or replace top-level fields of a checkpoint's ``config.json`` (atomically)."""
-    path = Path(directory) / CONFIG
-    io.write_text(path, json.dumps({**read_config(directory), **fields}, indent=2))
+    updated = json.dumps({**read_config(directory), **fields}, indent=2)
+    writer = CheckpointWriter(directory)
+    writer.text(CONFIG, updated)
+    writer.commit()
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -84,6 +138,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = directory / CONFIG
     if not directory.is_dir():
         raise ConfigError(f"{directory}: checkpoint folder not found")
+    if (directory / COMMIT).exists() or any(directory.glob(f"*{PENDING}")):
+        recover(directory)
     if not path.is_file():
         raise ConfigError(f"{directory}: not a zsad checkpoint (no {CONFIG})")
     try:
@@ -93,13 +149,20 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT or "method" not in data:
         raise ConfigError(f"{path}: not a zsad checkpoint config")
     version = data.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ConfigError(f"{path}: 'format_version' must be a non-negative integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise ConfigError(f"{path}: checkpoint format version {version!r} was written by a newer zsad "
                           f"({data.get('zsad_version', '?')}); this is zsad {__version__}, which reads up to "
                           f"{FORMAT_VERSION}")
     while version < FORMAT_VERSION:
         data = FORMAT_UPGRADES[version](data)
         version += 1
+    method_version = data.get("method_version")
+    if not isinstance(method_version, int) or isinstance(method_version, bool) or method_version < 1:
+        raise ConfigError(f"{path}: 'method_version' must be a positive integer, got {method_version!r}")
+    if not isinstance(data.get("config"), dict) or not isinstance(data["method"], str):
+        raise ConfigError(f"{path}: 'method' must be a name and 'config' an object")
     return {**data, "format_version": version}
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from zsad import io
 from zsad.data import AnomalyDataset, load_sample
 from zsad.data.types import Record
+from zsad.config import check_range
 from zsad.engine import distributed
 from zsad.engine.predict import MethodScorer
 from zsad.errors import ConfigError, DataError
@@ -53,6 +54,11 @@ class EvalConfig:
     precision: str = "fp32"
     tiling: Tiling | None = None
     eval_size: int | None = None  # tiled runs: metrics at this square size; None: the images' own size
+
+    def __post_init__(self) -> None:
+        check_range("seeds", self.seeds, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("eval_size", self.eval_size, 2)
 
 
 @dataclass(frozen=True)
@@ -274,7 +280,8 @@ def results_markdown(document: dict[str, Any]) -> str:
     for k, cell in document["summary"].items():
         lines += [f"## {k}-shot" + ("" if k == "0" else f" ({len(cell['seeds'])} seeds, mean ± std)"), "", header, rule]
         for category, stats in cell["per_category"].items():
-            lines.append(f"| {category} | " + " | ".join(_pct(stats["mean"][m], stats["std"][m], k) for m in METRIC_KEYS) + " |")
+            cells = " | ".join(_pct(stats["mean"][m], stats["std"][m], k) for m in METRIC_KEYS)
+            lines.append(f"| {category} | {cells} |")
         lines.append("| **mean** | " + " | ".join(_pct(cell["mean"][m], cell["std"][m], k) for m in METRIC_KEYS) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -6,12 +6,20 @@ trainer computes those tensors once per auxiliary image and stores them as memor
 (float16 by default), one per tensor name, keyed by method, backbone, weights, image size and layers;
 later epochs and later runs read them back instead of running the backbone. Masks are cached beside
 them so a cached batch never decodes an image.
+
+The key covers the *content* of every image and mask file (size, modification time and SHA-256), so a
+file edited in place gets a new cache. A cache is built in a private staging folder and renamed into
+place in one step, so concurrent runs on the same data never see or break each other's half-written
+files: the first to finish wins, the other uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,9 +44,21 @@ def cache_key(method: Method, records: list[Record], weights: str | None) -> str
         "image_size": method.config.image_size,
         "layers": list(method.layers),
         "extra": method.frozen_features_key(),
-        "images": [str(r.image_path) for r in records],
+        "images": [[_fingerprint(r.image_path), _fingerprint(r.mask_path)] for r in records],
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fingerprint(path: Path | None) -> list[object] | None:
+    """Path, size, modification time and SHA-256 of a file: changes whenever its content can have."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return [str(path), stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
 
 
 class FeatureCache:
@@ -70,29 +90,41 @@ class FeatureCache:
         was_training = method.training
         method.eval()
         loader = make_loader(self.records, method.config.image_size, self.batch_size, shuffle=False)
-        writers: dict[str, np.memmap] = {}
-        tmp_paths: dict[str, Path] = {}
-        offset = 0
-        self.path.mkdir(parents=True, exist_ok=True)
+        staging = self.path.parent / f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        staging.mkdir(parents=True)
+        try:
+            self._fill(staging, loader, progress)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            staging.rename(self.path)
+        except OSError:  # another run finished the same cache first (or a stale incomplete one is there)
+            if not self.complete:
+                shutil.rmtree(self.path, ignore_errors=True)
+                staging.rename(self.path)
+            else:
+                shutil.rmtree(staging)
+        method.train(was_training)
+
+    def _fill(self, staging: Path, loader, progress: Callable[[int], None] | None) -> None:
+        method, writers, offset = self.method, {}, 0
         for batch in loader:
             features = method.frozen_features(batch.images.to(method.device))
             features["mask"] = batch.masks.to(torch.uint8)
             for name, tensor in features.items():
                 if name not in writers:
-                    tmp_paths[name] = self.path / f".{name}.npy.tmp"
                     dtype = np.uint8 if name == "mask" else self.dtype
                     writers[name] = np.lib.format.open_memmap(
-                        tmp_paths[name], mode="w+", dtype=dtype, shape=(len(self.records), *tensor.shape[1:]))
+                        staging / f"{name}.npy", mode="w+", dtype=dtype, shape=(len(self.records), *tensor.shape[1:]))
                 writers[name][offset : offset + len(tensor)] = tensor.float().cpu().numpy() if name != "mask" \
                     else tensor.cpu().numpy()
             offset += len(batch)
             if progress:
                 progress(len(batch))
-        for name, array in writers.items():
+        for array in writers.values():
             array.flush()
-            tmp_paths[name].replace(self.path / f"{name}.npy")
-        io.write_text(self.path / MANIFEST, json.dumps({"names": sorted(writers), "count": len(self.records)}))
-        method.train(was_training)
+        io.write_text(staging / MANIFEST, json.dumps({"names": sorted(writers), "count": len(self.records)}))
 
     def batch(self, indices: list[int]) -> tuple[Batch, dict[str, Tensor]]:
         """Records ``indices`` as ``(Batch, features)``; ``Batch.images`` is empty ``[B, 0]``: only the

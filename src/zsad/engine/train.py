@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from zsad import io
-from zsad.config import from_dict, to_dict
+from zsad.config import check_range, from_dict, to_dict
 from zsad.data import RecordDataset, collate
 from zsad.data.types import Batch, Record
 from zsad.engine.checkpoint import (
@@ -32,11 +31,11 @@ from zsad.engine.checkpoint import (
     STATE_JSON,
     STATE_TENSORS,
     WEIGHTS,
+    CheckpointWriter,
+    add_checkpoint,
     flatten_state,
     load_tensors,
     read_config,
-    save_checkpoint,
-    save_tensors,
     unflatten_state,
 )
 from zsad.engine import distributed
@@ -73,6 +72,20 @@ class TrainConfig:
     calibration_fraction: float = 0.0
     target_fpr: float = 0.05  # image threshold: this fraction of held-out normal images is flagged
     pixel_fpr: float = 0.01  # pixel threshold: this fraction of held-out normal pixels is outlined
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}: with no epoch there is nothing to train")
+        check_range("batch_size", self.batch_size, 1)
+        check_range("lr", self.lr, 0, low_open=True)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("gamma", self.gamma, 0, low_open=True)
+        check_range("grad_clip", self.grad_clip, 0)
+        check_range("max_steps_per_epoch", self.max_steps_per_epoch, 0)
+        check_range("num_workers", self.num_workers, 0)
+        check_range("calibration_fraction", self.calibration_fraction, 0, 0.5)
+        check_range("target_fpr", self.target_fpr, 0, 1, low_open=True, high_open=True)
+        check_range("pixel_fpr", self.pixel_fpr, 0, 1, low_open=True, high_open=True)
 
 
 def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None,
@@ -263,26 +276,34 @@ class Trainer:
         return row
 
     def save(self, row: dict[str, float]) -> None:
-        """Optimizer/scheduler state, then weights and config (written last): one complete checkpoint."""
+        """Optimizer/scheduler state, the log, weights and config: one checkpoint, committed as a unit."""
         tensors: dict[str, Tensor] = {}
         structure = {
             "optimizer": flatten_state(self.optimizer.state_dict(), "optimizer", tensors),
             "scheduler": flatten_state(self.scheduler.state_dict(), "scheduler", tensors) if self.scheduler else None,
             "epoch": self.epoch,
         }
-        save_tensors(self.out / STATE_TENSORS, tensors)
-        io.write_text(self.out / STATE_JSON, json.dumps(structure))
+        writer = CheckpointWriter(self.out)
+        writer.tensors(STATE_TENSORS, tensors)
+        writer.text(STATE_JSON, json.dumps(structure))
         log = self.out / "train_log.jsonl"
         previous = log.read_text() if log.exists() and self.epoch > 1 else ""
-        io.write_text(log, previous + json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
-        save_checkpoint(self.out, self.method.name, to_dict(self.method.config), self.method.method_state_dict(),
-                        self.method.config_version, epoch=self.epoch, train=to_dict(self.config), **self.meta)
+        writer.text(log.name, previous + json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
+        add_checkpoint(writer, self.method.name, to_dict(self.method.config), self.method.method_state_dict(),
+                       self.method.config_version, epoch=self.epoch, train=to_dict(self.config), **self.meta)
+        writer.commit()
 
-    def resume(self) -> None:
-        """Continue from the checkpoint in ``out`` (weights, optimizer, schedule, epoch counter)."""
+    def resume(self, allow_changes: bool = False) -> None:
+        """Continue from the checkpoint in ``out`` (weights, optimizer, schedule, epoch counter). A run
+        resumed with other data or another training config is refused, naming the difference, unless
+        ``allow_changes`` (more epochs are always allowed)."""
         saved = read_config(self.out)
         if saved["method"] != self.method.name:
             raise ConfigError(f"{self.out}: holds a {saved['method']!r} run, not {self.method.name!r}")
+        changes = self._changes(saved)
+        if changes and not allow_changes:
+            raise ConfigError(f"{self.out}: --resume with {'; '.join(changes)}; run it as it was, or pass "
+                              f"--force-resume to continue with the changes")
         state_path = self.out / STATE_JSON
         if not state_path.is_file():
             raise ConfigError(f"{self.out}: no training state to resume from ({STATE_JSON} missing)")
@@ -296,6 +317,23 @@ class Trainer:
         if self.scheduler is not None and structure["scheduler"] is not None:
             self.scheduler.load_state_dict(unflatten_state(structure["scheduler"], tensors))
         self.epoch = structure["epoch"]
+
+    IGNORED_ON_RESUME = ("epochs", "num_workers", "feature_cache")  # may change without changing the run
+
+    def _changes(self, saved: dict[str, Any]) -> list[str]:
+        before, now = saved.get("train", {}), to_dict(self.config)
+        changes = [_changed(k, before[k], now[k]) for k in now
+                   if k in before and k not in self.IGNORED_ON_RESUME and before[k] != now[k]]
+        for key in ("data", "weights"):
+            if key in self.meta and key in saved and saved[key] != self.meta[key]:
+                changes.append(_changed(key, saved[key], self.meta[key]))
+        if saved.get("config") != to_dict(self.method.config):
+            changes.append("another method config (--set or --image-size)")
+        return changes
+
+
+def _changed(name: str, before: Any, now: Any) -> str:
+    return f"{name} {now!r} (the run had {before!r})"
 
 
 def _finite(value: Any) -> Any:

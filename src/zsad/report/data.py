@@ -59,10 +59,18 @@ class ReportData:
             return None
         try:
             runs = json.loads((folder / "curves.json").read_text(encoding="utf-8"))["runs"]
-            gallery = [GalleryExample(**entry, png=(folder / "gallery" / entry["file"]).read_bytes())
+            gallery = [GalleryExample(**entry, png=_inside(folder / "gallery", entry["file"]).read_bytes())
                        for entry in json.loads((folder / "gallery.json").read_text(encoding="utf-8"))]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"{folder}: unreadable report data ({err}); run `zsad eval --report` again") from None
         return cls(runs, gallery)
 
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused when ``name`` leads out of ``folder``: results folders may come from
+    anyone, and a report must embed nothing but their own pictures."""
+    path = folder / name
+    if not isinstance(name, str) or not path.resolve().is_relative_to(folder.resolve()):
+        raise DataError(f"{folder.parent / 'gallery.json'}: gallery entry {name!r} points outside {folder}")
+    return path
 
