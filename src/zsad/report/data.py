@@ -8,6 +8,7 @@ outlives the code version that wrote it and can be read by anything.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,14 @@ class ReportData:
 
     def save(self, results_dir: Path) -> None:
         folder = Path(results_dir) / DATA_DIR
+        staging = folder / ".gallery-new"  # swapped in whole: no picture of an earlier run stays behind
+        shutil.rmtree(staging, ignore_errors=True)
         for example in self.gallery:
-            io.write_bytes(folder / "gallery" / example.file, example.png)
+            io.write_bytes(_inside(staging, example.file), example.png)
+        staging.mkdir(parents=True, exist_ok=True)
+        if (folder / "gallery").exists():
+            shutil.rmtree(folder / "gallery")
+        staging.rename(folder / "gallery")
         entries = [{k: v for k, v in asdict(e).items() if k != "png"} for e in self.gallery]
         io.write_text(folder / "gallery.json", json.dumps(entries, indent=1))
         grids = {name: np.round(grid, 6).tolist() for name, grid in GRIDS.items()}
