@@ -10,6 +10,7 @@ resident set so far (a running maximum, so only its growth between rows says som
 from __future__ import annotations
 
 import argparse
+import statistics
 import resource
 import sys
 import time
@@ -17,25 +18,28 @@ import time
 import torch
 
 from zsad.backbones import BACKBONES, build_backbone
+from timing import interleaved, ratio_stats
 from zsad.errors import WeightsNotFoundError
 from zsad.prompts import text_anchors
 from zsad.runtime import autocast, pick_device
 
 
-def images_per_second(extractor, images: torch.Tensor, precision: str, iters: int) -> tuple[float, float]:
-    """(images/s, peak MiB) of ``extractor`` on ``images`` at ``precision``, after one warm-up call."""
+def peak_mib(extractor, images: torch.Tensor, precision: str) -> float:
+    """Peak memory of one forward at ``precision`` (GPU: allocated; CPU: the process's maximum RSS)."""
     device = images.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode(), autocast(device, precision):
         extractor(images, extractor.default_layers)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
+    _sync(device)
+    return _peak_mib(device)
+
+
+def forward(extractor, images: torch.Tensor, precision: str):
+    def run() -> None:
+        with torch.inference_mode(), autocast(images.device, precision):
             extractor(images, extractor.default_layers)
-        _sync(device)
-    elapsed = time.perf_counter() - start
-    return iters * images.shape[0] / elapsed, _peak_mib(device)
+    return run
 
 
 def anchor_seconds(extractor) -> float:
@@ -70,7 +74,8 @@ def main() -> None:
     device = pick_device(args.device)
     print(f"device={device} batch={args.batch} iters={args.iters} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} weights={'random' if args.random else 'pretrained'}")
-    print(f"{'backbone':18} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>9} "
+    print("fp32 and bf16 forwards interleaved; bf16 speed-up = fp32 time / bf16 time, median (min-max) per round")
+    print(f"{'backbone':18} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16 speed-up':>18} "
           f"{'fp32 MiB':>9} {'bf16 MiB':>9} {'anchors s':>9}")
     for name in args.names:
         spec = BACKBONES[name]
@@ -80,10 +85,12 @@ def main() -> None:
             print(f"{name:18} skipped: weights not on this machine ({spec.hub_id})")
             continue
         images = torch.rand(args.batch, 3, spec.image_size, spec.image_size, device=device)
-        fp32, fp32_mib = images_per_second(extractor, images, "fp32", args.iters)
-        bf16, bf16_mib = images_per_second(extractor, images, "bf16", args.iters)
+        times = interleaved({p: forward(extractor, images, p) for p in ("fp32", "bf16")}, repeats=args.iters)
+        fp32, bf16 = (args.batch / statistics.median(times[p]) for p in ("fp32", "bf16"))
+        speed = ratio_stats(times["fp32"], times["bf16"])
+        fp32_mib, bf16_mib = peak_mib(extractor, images, "fp32"), peak_mib(extractor, images, "bf16")
         anchors = f"{anchor_seconds(extractor):9.2f}" if extractor.text is not None else f"{'-':>9}"
-        print(f"{name:18} {spec.image_size:5d} {fp32:11.1f} {bf16:11.1f} {bf16 / fp32:9.2f} "
+        print(f"{name:18} {spec.image_size:5d} {fp32:11.1f} {bf16:11.1f} {str(speed):>18} "
               f"{fp32_mib:9.0f} {bf16_mib:9.0f} {anchors}")
         del extractor
         if device.type == "cuda":

@@ -10,6 +10,7 @@ batches; the script reads each run's images/s from its ``train_log.jsonl`` and p
 from __future__ import annotations
 
 import argparse
+import statistics
 import json
 import os
 import shutil
@@ -40,19 +41,23 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (1-process, N-process, ...)")
     args = parser.parse_args()
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "aux"
         write_synthetic(data, categories=4, seed=0, size=128)
-        single, single_wall = _train([sys.executable], args, data, Path(tmp) / "one")
-        multi, multi_wall = _train([torchrun, "--standalone", f"--nproc-per-node={args.processes}"], args, data,
-                                   Path(tmp) / "many")
-    print(f"{args.method} on {args.backbone}, global batch {args.batch_size}")
-    print(f"1 process : {single:8.1f} images/s (second epoch), wall {single_wall:.1f} s")
-    print(f"{args.processes} processes: {multi:8.1f} images/s (second epoch), wall {multi_wall:.1f} s")
-    print(f"throughput ratio {args.processes}-process / 1-process: {multi / single:.2f}")
-
+        rates: dict[str, list[float]] = {"one": [], "many": []}
+        for round_ in range(args.repeats):  # interleaved, so machine noise lands on both
+            rates["one"].append(_train([sys.executable], args, data, Path(tmp) / f"one{round_}")[0])
+            rates["many"].append(_train([torchrun, "--standalone", f"--nproc-per-node={args.processes}"], args, data,
+                                        Path(tmp) / f"many{round_}")[0])
+    ratios = [m / o for m, o in zip(rates["many"], rates["one"])]
+    print(f"{args.method} on {args.backbone}, global batch {args.batch_size}, {args.repeats} interleaved rounds")
+    print(f"1 process : {statistics.median(rates['one']):8.1f} images/s (second epoch, median)")
+    print(f"{args.processes} processes: {statistics.median(rates['many']):8.1f} images/s (second epoch, median)")
+    print(f"throughput ratio {args.processes}-process / 1-process: {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 if __name__ == "__main__":
     main()

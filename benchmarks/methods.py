@@ -26,30 +26,17 @@ architectures, which ``--weights random`` builds with no download (timings do no
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import time
+from pathlib import Path
 
 import torch
 
+from timing import interleaved, ratio_stats
 from zsad.data.types import Batch
 from zsad.engine.build import build_method
 from zsad.methods import available_methods
 from zsad.runtime import autocast, pick_device
-
-
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _training_images_per_s(method, images: torch.Tensor, device: torch.device, steps: int, precision: str) -> float:
@@ -69,9 +56,20 @@ def _training_images_per_s(method, images: torch.Tensor, device: torch.device, s
         optimizer.step()
         method.after_optimizer_step()
 
-    seconds = _timed(step, device, steps)
+    seconds = statistics.median(interleaved({"step": step}, repeats=steps)["step"])
     method.eval()
     return images.shape[0] / seconds
+
+
+def _peak_mib(method, images: torch.Tensor, device: torch.device, precision: str) -> float | None:
+    """Peak GPU memory of one prediction (prepared state included); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), autocast(device, precision):
+        method.predict(images)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def main() -> None:
@@ -88,6 +86,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field of every listed method (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write {method: {ratio, ratio_min, ratio_max, ms_per_image, "
+                        "backbone_ms_per_image}} to this file")
+    parser.add_argument("--no-train", action="store_true", help="skip the training throughput")
     args = parser.parse_args()
 
     device = pick_device(args.device)
@@ -97,22 +98,32 @@ def main() -> None:
     names = [n for n in args.methods.split(",") if n] or list(available_methods())
     print(f"device {device}, backbone {args.backbone} ({args.weights or 'default'} weights), {args.image_size} px, "
           f"batch {args.batch_size}, {args.shots} shots, {args.precision}")
-    print(f"{'method':<14}{'ms/image':>10}{'backbone ms/image':>19}{'ratio':>8}{'train img/s':>13}")
+    print(f"{args.repeats} interleaved repeats after a warm-up; ratio = method / bare backbone on the same batch "
+          f"and layers, median (min-max) of the per-round ratios")
+    print(f"{'method':<14}{'ms/image':>10}{'backbone ms/image':>19}{'ratio':>22}{'train img/s':>13}")
+    table = {}
     for name in names:
         method = build_method(name, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                               overrides=args.overrides, device=device)
         layers = method.layers
         with torch.inference_mode(), autocast(device, args.precision):
             method.prepare("object", references if method.few_shot else None)
-            backbone_s = _timed(lambda: method.backbone(images, layers), device, args.repeats)
-            method_s = _timed(lambda: method.predict(images), device, args.repeats)
-        train = ""
-        if method.trainable:
-            train = f"{_training_images_per_s(method, images, device, args.repeats, args.precision):.1f}"
+            times = interleaved({"backbone": lambda: method.backbone(images, layers),
+                                 "method": lambda: method.predict(images)}, repeats=args.repeats)
+        ratio = ratio_stats(times["method"], times["backbone"])
         per_image = 1000 / args.batch_size
-        print(f"{name:<14}{method_s * per_image:>10.2f}{backbone_s * per_image:>19.2f}"
-              f"{method_s / backbone_s:>8.2f}{train:>13}")
-
+        table[name] = {"ratio": ratio.median, "ratio_min": ratio.low, "ratio_max": ratio.high,
+                       "ms_per_image": statistics.median(times["method"]) * per_image,
+                       "backbone_ms_per_image": statistics.median(times["backbone"]) * per_image,
+                       "images_per_s": args.batch_size / statistics.median(times["method"]),
+                       "peak_mib": _peak_mib(method, images, device, args.precision)}
+        train = ""
+        if method.trainable and not args.no_train:
+            train = f"{_training_images_per_s(method, images, device, args.repeats, args.precision):.1f}"
+        row = table[name]
+        print(f"{name:<14}{row['ms_per_image']:>10.2f}{row['backbone_ms_per_image']:>19.2f}{str(ratio):>22}{train:>13}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2))
 
 if __name__ == "__main__":
     main()
