@@ -189,3 +189,24 @@ def test_bad_exports_and_bad_models_are_one_line_errors(tmp_path):
     assert len(loaded.results([np.zeros((100, 37, 3), np.uint8)])[0].anomaly_map) == 100  # any size: resized
     with pytest.raises(ConfigError, match="not an exported zsad model"):
         deploy.load(tmp_path)
+
+
+def test_a_tiled_export_tiles_and_stitches_like_the_pytorch_path(tmp_path):
+    from zsad.engine.predict import MethodScorer
+    from zsad.tiling import Tiling
+
+    torch.manual_seed(0)
+    method = build_method("knn", backbone="clip-tiny", image_size=SIZE)
+    tiling = Tiling(SIZE, 0.25)
+    refs = _images(2, seed=1, size=100)
+    export_model(method, tmp_path / "model", "pcb", refs, tiling=tiling)
+    model = deploy.load(tmp_path / "model")
+    assert model.tiling == tiling
+    image = _images(1, seed=2, size=150)[0][:, :130]  # 150 x 130: tiles overlap on both axes
+    scorer = MethodScorer(method, tiling)
+    scorer.prepare("pcb", refs)
+    (score, expected), = scorer.predict([image])
+    (exported_score, exported), = model.predict([image])
+    assert exported.shape == (150, 130)
+    assert np.abs(exported - expected).max() <= 1e-4 * (expected.max() - expected.min())
+    assert abs(exported_score - score) <= 1e-4
