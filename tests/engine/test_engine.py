@@ -182,3 +182,18 @@ def test_filling_the_feature_cache_does_not_change_the_run(synthetic_root, tmp_p
     assert len(list((tmp_path / "cache").iterdir())) == 1
     for name, value in fresh.items():
         torch.testing.assert_close(cached[name], value, rtol=0, atol=0)
+
+
+def test_a_step_budget_sets_the_epochs_and_short_runs_are_flagged(synthetic_root, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="zsad")
+    method = TinyTrainable(NoBackbone(), _LinearConfig())
+    records = training_records([open_dataset(f"mvtec:{synthetic_root}")], TrainConfig())
+    per_epoch = len(records) // 4
+    trainer = Trainer(method, records, TrainConfig(steps=2 * per_epoch + 1, batch_size=4), tmp_path / "a")
+    assert trainer.config.epochs == 3
+    assert any(f"takes {3 * per_epoch} optimiser steps" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    Trainer(method, records, TrainConfig(steps=60, batch_size=4), tmp_path / "b")
+    assert not [r for r in caplog.records if "optimiser steps" in r.getMessage()]
+    with pytest.raises(ConfigError, match=r"steps must be in \[0, inf\], got -1"):
+        TrainConfig(steps=-1)

@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "files outside the dataset folder")
     p.add_argument("--stage", help="training stage for multi-stage methods (e.g. spg: sae, guides)")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="a budget of optimiser steps instead of --epochs (whole epochs, "
+                   "rounded up)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     cls = method_class(args.method)
     if not cls.trainable:
         raise ConfigError(f"method {args.method!r} is training-free; evaluate it directly with `zsad eval`")
-    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    flags = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
              "precision": args.precision if args.precision != "fp32" else None,
              "calibration_fraction": args.calibration_fraction, "target_fpr": args.target_fpr}

@@ -10,11 +10,12 @@ JSON line per epoch in ``train_log.jsonl``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ from zsad.runtime import autocast, seed_everything
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    steps: int = 0  # a budget of optimiser steps instead of epochs: epochs = ceil(steps / steps per epoch)
     batch_size: int = 8
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
@@ -77,6 +79,7 @@ class TrainConfig:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}: with no epoch there is nothing to train")
         check_range("batch_size", self.batch_size, 1)
+        check_range("steps", self.steps, 0)
         check_range("lr", self.lr, 0, low_open=True)
         check_range("weight_decay", self.weight_decay, 0)
         check_range("gamma", self.gamma, 0, low_open=True)
@@ -86,6 +89,9 @@ class TrainConfig:
         check_range("calibration_fraction", self.calibration_fraction, 0, 0.5)
         check_range("target_fpr", self.target_fpr, 0, 1, low_open=True, high_open=True)
         check_range("pixel_fpr", self.pixel_fpr, 0, 1, low_open=True, high_open=True)
+
+
+FEW_STEPS = 50  # fewer optimiser steps than this rarely move a method (benchmarks/learning.py)
 
 
 def train_config_for(method_cls: type[Method], overrides: dict[str, Any] | None = None,
@@ -160,6 +166,12 @@ class Trainer:
         if not self.params:
             raise ConfigError(f"method {method.name!r} has no trainable parameters")
         self.steps_per_epoch = self._steps_per_epoch()
+        if config.steps:
+            self.config = config = replace(config, epochs=math.ceil(config.steps / self.steps_per_epoch))
+        if config.epochs * self.steps_per_epoch < FEW_STEPS:
+            logging.getLogger("zsad").warning(
+                f"note: this run takes {config.epochs * self.steps_per_epoch} optimiser steps; the methods here "
+                f"need about {FEW_STEPS} to move (raise --epochs, or give a budget with --steps)")
         self.cache = self._feature_cache()
         self.optimizer = _optimizer(self.params, config)
         self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
