@@ -39,7 +39,8 @@ def run(synthetic_root, tmp_path_factory) -> Path:
     """A trained aprilgan checkpoint (one epoch) to resume and to load with the wrong config."""
     out = tmp_path_factory.mktemp("failures") / "run"
     assert main(["train", "--method", "aprilgan", "--backbone", "clip-tiny", "--image-size", "32", "--data",
-                 f"mvtec:{synthetic_root}", "--epochs", "1", "--train-set", "feature_cache=off", "--out", str(out)]) == 0
+                 f"mvtec:{synthetic_root}", "--epochs", "1", "--train-set", "feature_cache=off",
+                 "--out", str(out)]) == 0
     return out
 
 

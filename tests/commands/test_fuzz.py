@@ -31,7 +31,8 @@ def pristine(tmp_path_factory) -> Path:
 def checkpoint(pristine, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fuzz") / "run"
     assert main(["train", "--method", "aprilgan", "--backbone", "clip-tiny", "--image-size", "32", "--data",
-                 f"mvtec:{pristine}", "--epochs", "1", "--batch-size", "2", "--calibration-fraction", "0", "--train-set",
+                 f"mvtec:{pristine}", "--epochs", "1", "--batch-size", "2", "--calibration-fraction", "0",
+                 "--train-set",
                  "feature_cache=off", "--out", str(out)]) == 0
     return out
 

@@ -132,7 +132,8 @@ def test_cli_export_then_predict_without_torch(tmp_path):
               "224", "--class-name", "coins", "--refs", str(refs), "--out", str(tmp_path / "model")]
     assert subprocess.run(export, capture_output=True, text=True, env=env).returncode == 0
     deployed = subprocess.run([sys.executable, "-c", BLOCKED, "predict", "--model", str(tmp_path / "model"), "--images",
-                               str(images), "--out", str(tmp_path / "deployed")], capture_output=True, text=True, env=env)
+                               str(images), "--out", str(tmp_path / "deployed")],
+                              capture_output=True, text=True, env=env)
     assert deployed.returncode == 0, deployed.stderr
     assert "3 image(s) predicted" in deployed.stderr
     blocked = subprocess.run([sys.executable, "-c", BLOCKED, "predict", "--method", "knn", "--images", str(images)],

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     cls = method_class(args.method)
     if not cls.trainable:
         raise ConfigError(f"method {args.method!r} is training-free; evaluate it directly with `zsad eval`")
-    flags = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+    flags = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+             "seed": args.seed,
              "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
              "precision": args.precision if args.precision != "fp32" else None,
              "calibration_fraction": args.calibration_fraction, "target_fpr": args.target_fpr}
