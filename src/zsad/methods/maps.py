@@ -90,7 +90,9 @@ def _gaussian_kernel(sigma: float, radius: int) -> Tensor:
 
 
 def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
-    """Separable Gaussian smoothing of ``[B, H, W]`` maps with reflect padding (scipy's default mode).
+    """Separable Gaussian smoothing of ``[B, H, W]`` maps, padded by reflection about the edge pixel (torch's
+    ``reflect``, which is scipy's ``mirror`` mode: the edge pixel is not repeated; scipy's default
+    ``reflect`` repeats it).
 
     ``radius = int(truncate * sigma + 0.5)`` as in ``scipy.ndimage.gaussian_filter``.
     """
