@@ -21,7 +21,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        tmp_path.chmod(0o666 & ~_umask())  # mkstemp creates 0600; results should read like any other file
+        tmp_path.chmod(0o666 & ~umask())  # mkstemp creates 0600; results should read like any other file
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -39,7 +39,8 @@ def check_output_dir(path: str | Path) -> None:
         raise ConfigError(f"{path}: cannot write into {existing} (permission denied)")
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it), for files made private by ``mkstemp``/``mkdtemp``."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -20,7 +20,7 @@ This module is numpy only, so the torch-free runtime (:mod:`zsad.deploy`) tiles 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -130,6 +130,23 @@ class Stitcher:
     def result(self) -> np.ndarray:
         np.divide(self.total, self.weight, out=self.total)
         return self.total
+
+
+def predict_tiled(image: np.ndarray, tiling: Tiling, run: Callable[[list[np.ndarray]], tuple[list, np.ndarray]],
+                  batch_size: int) -> tuple[float, np.ndarray]:
+    """``(image score, stitched map)`` of an ``[H, W, 3]`` image: its tiles go through ``run`` in batches of
+    ``batch_size`` (``run(pieces)`` returns each piece's map at the piece's own size, and their scores), so
+    memory stays bounded by the stitching planes and one batch, however large the image."""
+    stitcher = Stitcher(*image.shape[:2], tiling)
+    pending = list(tiles(image, tiling))
+    scores = []
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        maps, chunk_scores = run([pixels for _, pixels in chunk])
+        scores.append(np.asarray(chunk_scores))
+        for (box, _), anomaly_map in zip(chunk, maps):
+            stitcher.add(box, anomaly_map)
+    return tiling.aggregate_scores(np.concatenate(scores)), stitcher.result()
 
 
 def tiles(image: np.ndarray, tiling: Tiling) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:

@@ -84,3 +84,21 @@ def test_a_normal_image_shows_no_seams(knn):
     assert border <= elsewhere, (border, elsewhere)
     hard_border, hard_elsewhere = border_steps(0.0)
     assert hard_border > 10 * hard_elsewhere
+
+
+def test_tiled_evaluation_at_the_source_size_and_at_an_evaluation_size(synthetic_root):
+    from zsad.data import open_dataset
+    from zsad.engine.evaluate import EvalConfig, Evaluator, Run
+
+    torch.manual_seed(0)
+    method = build_method("knn", backbone="clip-tiny", image_size=32)
+    dataset = open_dataset(f"mvtec:{synthetic_root}")
+    category = dataset.categories()[0]
+    seen = {}
+    for eval_size in (None, 48):
+        config = EvalConfig(shots=(2,), seeds=1, tiling=Tiling(32, 0.25), eval_size=eval_size)
+        result = Evaluator(method, dataset, config, on_predictions=lambda p: seen.update({eval_size: p})).run(
+            Run(category, 2, 0))
+        assert 0.0 <= result.metrics["pixel_auroc"] <= 1.0
+    assert seen[None].maps.shape[1:] == (64, 64) and seen[48].maps.shape[1:] == (48, 48)
+    assert seen[48].masks.dtype == bool and seen[48].masks.any()

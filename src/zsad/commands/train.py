@@ -42,14 +42,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from rich.console import Console
 
     from zsad.config import to_dict, with_overrides
     from zsad.data import open_dataset
     from zsad.engine import distributed
     from zsad.engine.build import build_method, method_config
-    from zsad.engine.checkpoint import read_config
-    from zsad.engine.checkpoint import update_config
+    from zsad.engine.checkpoint import read_config, update_config
     from zsad.engine.train import (
         Trainer, calibrate_held_out, has_checkpoint, hold_out_for_calibration, train_config_for, training_records,
     )
@@ -72,11 +73,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
     base = read_config(args.checkpoint)["config"] if args.checkpoint else None
     stage_config = method_config(args.method, base, args.backbone, args.image_size, overrides)
-    if flags["calibration_fraction"] is None and cls.zero_shot:
-        defaults = train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config)
-        flags["calibration_fraction"] = 0.0 if defaults.normal_only else 0.1
-    config = with_overrides(train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config),
-                            args.train_overrides)
+    config = train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config)
+    if args.calibration_fraction is None and cls.zero_shot and not config.normal_only:
+        config = replace(config, calibration_fraction=0.1)  # labelled auxiliary data: hold some out to calibrate
+    config = with_overrides(config, args.train_overrides)
     device = run_device(args.device)
     console = Console(stderr=True, quiet=not distributed.is_main())
     datasets = [open_dataset(spec, args.allow_outside_root) for spec in args.data]

@@ -26,7 +26,7 @@ from zsad import __version__
 from zsad.errors import ConfigError, DataError
 from zsad.overlay import resize_image
 from zsad.prediction import Thresholds
-from zsad.tiling import Stitcher, Tiling, tiles
+from zsad.tiling import Tiling, predict_tiled
 
 FORMAT = "zsad-model"
 FORMAT_VERSION = 1
@@ -154,10 +154,15 @@ class DeployedModel:
         for image in images:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise DataError(f"images must be RGB uint8 arrays [H, W, 3]; got {image.dtype} {list(image.shape)}")
-        if self.tiling is None:
-            maps, scores = self.run([resize_image(image, (self.size, self.size)) for image in images])
-            return [(float(s), resize_map(m, image.shape[:2])) for image, m, s in zip(images, maps, scores)]
-        return [self._tiled(image) for image in images]
+        if self.tiling is not None:
+            return [predict_tiled(image, self.tiling, self._at_own_size, self.batch_size) for image in images]
+        maps, scores = self._at_own_size(images)
+        return [(float(score), anomaly_map) for score, anomaly_map in zip(scores, maps)]
+
+    def _at_own_size(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The graph on images (or tiles) resized to the input size; maps resized back to each one's size."""
+        maps, scores = self.run([resize_image(np.ascontiguousarray(p), (self.size, self.size)) for p in pieces])
+        return [resize_map(m, piece.shape[:2]) for piece, m in zip(pieces, maps)], scores
 
     def run(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The graph on images already at the input size, in batches: maps ``[N, S, S]``, scores ``[N]``."""
@@ -167,15 +172,6 @@ class DeployedModel:
             maps.append(np.asarray(anomaly_map, dtype=np.float32))
             scores.append(np.asarray(score, dtype=np.float32))
         return np.concatenate(maps), np.concatenate(scores)
-
-    def _tiled(self, image: np.ndarray) -> tuple[float, np.ndarray]:
-        stitcher = Stitcher(*image.shape[:2], self.tiling)
-        boxes, pieces = zip(*((box, resize_image(np.ascontiguousarray(p), (self.size, self.size)))
-                              for box, p in tiles(image, self.tiling)))
-        maps, scores = self.run(list(pieces))
-        for box, anomaly_map in zip(boxes, maps):
-            stitcher.add(box, resize_map(anomaly_map, box[2:]))
-        return self.tiling.aggregate_scores(scores), stitcher.result()
 
     # --- decisions ------------------------------------------------------------------------------------
     def decide(self, score: float) -> str:

@@ -40,7 +40,6 @@ from zsad.engine.predict import MethodScorer
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.metrics import METRIC_KEYS, compute_metrics
-from zsad.overlay import resize_image
 from zsad.runtime import autocast
 from zsad.tiling import Tiling
 
@@ -202,7 +201,7 @@ class Evaluator:
             if self.config.eval_size:
                 size = (self.config.eval_size, self.config.eval_size)
                 anomaly_map = np.asarray(Image.fromarray(anomaly_map).resize(size, Image.Resampling.BILINEAR))
-                mask = resize_image(mask.astype(np.uint8), size, Image.Resampling.NEAREST).astype(bool)
+                mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
             scores.append(score)
             maps.append(anomaly_map)
             masks.append(mask)

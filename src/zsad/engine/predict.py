@@ -19,7 +19,7 @@ from zsad.methods.maps import upsample
 from zsad.overlay import resize_image
 from zsad.prediction import PredictConfig, PredictSummary, predict_folder
 from zsad.runtime import autocast
-from zsad.tiling import Stitcher, Tiling, tiles
+from zsad.tiling import Tiling, predict_tiled, tiles
 
 
 def to_batch(images: list[np.ndarray], size: int, device: torch.device) -> Tensor:
@@ -55,32 +55,21 @@ class MethodScorer:
     @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
         """``(score, float32 map at the image's own size)`` per image."""
-        if self.tiling is None:
-            return [result for start in range(0, len(images), self.batch_size)
-                    for result in self._whole(images[start : start + self.batch_size])]
-        return [self._tiled(image) for image in images]
+        if self.tiling is not None:
+            return [predict_tiled(image, self.tiling, self._at_own_size, self.batch_size) for image in images]
+        results = []
+        for start in range(0, len(images), self.batch_size):
+            maps, scores = self._at_own_size(images[start : start + self.batch_size])
+            results += [(float(score), anomaly_map) for score, anomaly_map in zip(scores, maps)]
+        return results
 
-    def _run(self, pieces: list[np.ndarray]):
+    def _at_own_size(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """One model call on images (or tiles) resized to the input size; maps resized back to each one's size."""
         with autocast(self.method.device, self.precision):
-            return self.method.predict(to_batch(pieces, self.size, self.method.device))
-
-    def _whole(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
-        prediction = self._run(images)
-        return [(float(score), upsample(anomaly_map[None].float(), image.shape[:2])[0].cpu().numpy())
-                for image, score, anomaly_map in zip(images, prediction.score, prediction.anomaly_map)]
-
-    def _tiled(self, image: np.ndarray) -> tuple[float, np.ndarray]:
-        """Tiles in batches: each tile's map resized back to the tile and blended into the image's map."""
-        stitcher = Stitcher(*image.shape[:2], self.tiling)
-        scores = []
-        pending = list(tiles(image, self.tiling))
-        for start in range(0, len(pending), self.batch_size):
-            chunk = pending[start : start + self.batch_size]
-            prediction = self._run([pixels for _, pixels in chunk])
-            scores.append(prediction.score.float().cpu().numpy())
-            for (box, _), anomaly_map in zip(chunk, prediction.anomaly_map):
-                stitcher.add(box, upsample(anomaly_map[None].float(), box[2:])[0].cpu().numpy())
-        return self.tiling.aggregate_scores(np.concatenate(scores)), stitcher.result()
+            prediction = self.method.predict(to_batch(pieces, self.size, self.method.device))
+        maps = [upsample(anomaly_map[None].float(), piece.shape[:2])[0].cpu().numpy()
+                for piece, anomaly_map in zip(pieces, prediction.anomaly_map)]
+        return maps, prediction.score.float().cpu().numpy()
 
 
 def predict_images(method: Method | Scorer, target: Path, out: Path, references: Path | None = None,

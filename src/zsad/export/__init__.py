@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from zsad import __version__
-from zsad.io import _umask
+from zsad.io import umask
 from zsad.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds
 from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
 from zsad.engine.predict import MethodScorer
@@ -145,7 +145,7 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
             "opset": OPSET,
         }
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the artefact gets normal permissions
+        staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the artefact gets normal permissions
         if out.exists():
             retired = out.with_name(f".{out.name}-replaced")
             out.rename(retired)
