@@ -16,6 +16,10 @@ class DataError(ZsadError):
     """A dataset, image or mask that cannot be used as given."""
 
 
+class TooLargeError(DataError):
+    """An image over a configured size limit (bytes or pixels): valid data, refused by policy."""
+
+
 class ConfigError(ZsadError):
     """An unknown name, option or value."""
 

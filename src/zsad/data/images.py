@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from zsad.errors import DataError
+from zsad.errors import DataError, TooLargeError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -97,11 +97,11 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) ->
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise DataError(f"image {name} is {width}x{height} ({width * height / 1e6:.3g} MP), over the "
+                raise TooLargeError(f"image {name} is {width}x{height} ({width * height / 1e6:.3g} MP), over the "
                                 f"limit of {max_pixels / 1e6:.3g} MP")
             img.load()
             return np.ascontiguousarray(_to_rgb(img, Path(name)))
-    except DataError:
+    except DataError:  # TooLargeError included
         raise
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {name}: not a recognised image format") from None

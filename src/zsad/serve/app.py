@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zsad import __version__
-from zsad.errors import ConfigError, DataError, ZsadError
+from zsad.errors import ConfigError, DataError, TooLargeError, ZsadError
 from zsad.serve.service import Conflict, InspectionService, NotFound, Upload
 
 PUBLIC = {"/", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
@@ -47,7 +47,7 @@ def _status(err: ZsadError) -> int:
         return 404
     if isinstance(err, Conflict):
         return 409
-    if isinstance(err, DataError) and ("over the limit" in str(err)):
+    if isinstance(err, TooLargeError):
         return 413
     return 422 if isinstance(err, (DataError, ConfigError)) else 400
 

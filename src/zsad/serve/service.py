@@ -25,7 +25,7 @@ from scipy import ndimage
 from zsad.data import decode_image_bytes, load_image
 from zsad.calibration import IMAGE_RULE, PIXEL_RULE, Scorer
 from zsad.prediction import PredictConfig, Predictor, Thresholds, calibrate
-from zsad.errors import ConfigError, DataError
+from zsad.errors import ConfigError, DataError, TooLargeError
 from zsad.serve.store import Product, Store, check_name
 from zsad.serve.worker import ModelWorker
 
@@ -75,7 +75,7 @@ class InspectionService:
     # --- images ---------------------------------------------------------------------------------------
     def decode(self, upload: Upload) -> np.ndarray:
         if len(upload.data) > self.limits.max_upload_bytes:
-            raise DataError(f"image {upload.filename} is {len(upload.data) / 2**20:.1f} MB, over the limit of "
+            raise TooLargeError(f"image {upload.filename} is {len(upload.data) / 2**20:.1f} MB, over the limit of "
                             f"{self.limits.max_upload_bytes / 2**20:.0f} MB")
         image = decode_image_bytes(upload.data, upload.filename, self.limits.max_pixels)
         if min(image.shape[:2]) < 2:

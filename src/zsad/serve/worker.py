@@ -21,7 +21,6 @@ import numpy as np
 
 from zsad.calibration import Scorer
 
-Result = list[tuple[float, np.ndarray]]
 
 
 @dataclass
