@@ -80,6 +80,14 @@ class Scorer(Protocol):
     def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]: ...
 
 
+def colour_range(normal_pixels: np.ndarray, pixel_threshold: float | None) -> tuple[float, float]:
+    """A heatmap scale fixed for a product: the median normal pixel at the bottom, the pixel threshold
+    (or the default pixel rule of the normal pixels) in the middle, so red means "above threshold"."""
+    low = float(np.median(normal_pixels))
+    middle = pixel_threshold if pixel_threshold is not None else PIXEL_RULE.apply(normal_pixels)
+    return low, max(2 * middle - low, low + 1e-6)
+
+
 MAX_PIXELS_PER_MAP = 1 << 18  # reference pixels kept per map for pixel quantiles (a fixed strided subset)
 
 
@@ -163,9 +171,8 @@ def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels:
     image = float(np.nextafter(np.sort(normal)[len(normal) - allowed - 1], np.inf))
     pixel = float(np.quantile(normal_pixels, 1 - pixel_fpr))
     defective = scores[labels == 1]
-    low = float(np.median(normal_pixels))
     return StoredThresholds(
-        image, pixel, target_fpr, pixel_fpr, (low, max(2 * pixel - low, low + 1e-6)),
+        image, pixel, target_fpr, pixel_fpr, colour_range(normal_pixels, pixel),
         {"images": len(scores), "normal": len(normal), "defective": len(defective), "categories": categories},
         {"image_fpr": float((normal >= image).mean()),
          "image_tpr": float((defective >= image).mean()) if len(defective) else float("nan")})

@@ -40,7 +40,7 @@ import numpy as np
 
 from zsad import io
 from zsad.calibration import (
-    PIXEL_RULE, ReferenceScores, Scorer, StoredThresholds, ThresholdRule, score_references,
+    Scorer, StoredThresholds, ThresholdRule, colour_range, score_references,
 )
 from zsad.config import check_range
 from zsad.data.images import load_image
@@ -163,7 +163,7 @@ def calibrate(scorer: Scorer, config: PredictConfig, references: list[np.ndarray
     thresholds.pixel, thresholds.pixel_source = _resolve(config.pixel_threshold, normal_pixels, "reference pixels")
     if scored is not None:
         thresholds.reference_scores = scored.scores.tolist()
-        thresholds.colour_range = _colour_range(scored, thresholds.pixel)
+        thresholds.colour_range = colour_range(scored.pixels, thresholds.pixel)
     elif config.stored is not None:  # no references: the checkpoint's held-out calibration decides
         stored = config.stored
         if config.threshold is None:
@@ -183,11 +183,11 @@ def _resolve(threshold: Threshold, normal_values: np.ndarray | None, what: str) 
     return float(threshold), "given"
 
 
-def _colour_range(scored: ReferenceScores, pixel_threshold: float | None) -> tuple[float, float]:
-    """The median normal pixel at the bottom, the pixel threshold (or its default rule) in the middle."""
-    low = float(np.median(scored.pixels))
-    middle = pixel_threshold if pixel_threshold is not None else PIXEL_RULE.apply(scored.pixels)
-    return low, max(2 * middle - low, low + 1e-6)
+def decision(score: float, threshold: float | None) -> str:
+    """``anomalous`` at or above the image threshold, ``normal`` below, ``""`` without a threshold."""
+    if threshold is None:
+        return ""
+    return "anomalous" if score >= threshold else "normal"
 
 
 def overlay_names(relatives: list[Path]) -> list[Path]:
@@ -212,9 +212,7 @@ class Predictor:
                                                              self.config.opacity)))
 
     def decision(self, score: float) -> str:
-        if self.thresholds.image is None:
-            return ""
-        return "anomalous" if score >= self.thresholds.image else "normal"
+        return decision(score, self.thresholds.image)
 
 
 def predict_folder(scorer: Scorer, target: Path, out: Path, references: Path | None = None,

@@ -25,7 +25,7 @@ import numpy as np
 from zsad import __version__
 from zsad.errors import ConfigError, DataError
 from zsad.overlay import resize_image
-from zsad.prediction import Thresholds
+from zsad.prediction import Thresholds, decision
 from zsad.tiling import Tiling, predict_tiled
 
 FORMAT = "zsad-model"
@@ -174,13 +174,9 @@ class DeployedModel:
         return np.concatenate(maps), np.concatenate(scores)
 
     # --- decisions ------------------------------------------------------------------------------------
-    def decide(self, score: float) -> str:
-        if self.thresholds.image is None:
-            return ""
-        return "anomalous" if score >= self.thresholds.image else "normal"
-
     def results(self, images: list[np.ndarray]) -> list[Result]:
-        return [Result(score, self.decide(score), anomaly_map) for score, anomaly_map in self.predict(images)]
+        return [Result(score, decision(score, self.thresholds.image), anomaly_map)
+                for score, anomaly_map in self.predict(images)]
 
 
 def _providers(onnxruntime) -> list[str]:
