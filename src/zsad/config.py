@@ -76,6 +76,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         item = args[0] if args else Any
         items = [_coerce(v, item, where) for v in value]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if isinstance(value, str):
+            text = value.strip()
+            value = yaml.safe_load(text) if text.startswith("{") else dict(_pair(v, where) for v in text.split(",")
+                                                                             if v.strip())
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping such as key:value,key:value, got {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return {_coerce(str(k), key_type, where): _coerce(v, value_type, where) for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -94,6 +103,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
     return value
+
+
+def _pair(text: str, where: str) -> tuple[str, str]:
+    key, sep, value = text.partition(":")
+    if not sep or not key.strip():
+        raise ConfigError(f"{where}: {text.strip()!r} is not of the form key:value")
+    return key.strip(), value.strip()
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

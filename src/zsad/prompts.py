@@ -61,6 +61,41 @@ MOECLIP = PromptSet(
 )
 
 
+# The MoECLIP code's class descriptions (its ``REAL_NAMES``), used in place of the class name by
+# ``class_descriptions="code"``; keyed by cleaned class name, spelt exactly as there (typos included).
+MOECLIP_CODE_DESCRIPTIONS: dict[str, str] = {
+    # MVTec AD
+    "bottle": "dark bottle", "cable": "top view of three cables", "capsule": "black asd orange capsule",
+    "carpet": "gray carpet", "grid": "metal or plastic mesh", "hazelnut": "single brown hazelnut",
+    "leather": "brown leather", "metal nut": "metal nut which has four notched edges",
+    "pill": "oval white pill with small red speckles and the letters 'FF' engraved", "screw": "screw",
+    "tile": "speckled tile surface", "transistor": "a three-legged transistor placed vertically",
+    "toothbrush": "toothbrush head", "wood": "wood surface", "zipper": "a black zipper",
+    # VisA
+    "candle": "candle", "pcb3": "infrared sensor pcb module", "capsules": "capsules",
+    "pipe fryum": "pipe-shaped fryum", "pcb4": "battery charging pcb module",
+    "macaroni2": "scattered yellow macaroni", "pcb2": "integrated circuits board", "chewinggum": "chewing gum",
+    "macaroni1": "orange macaroni", "cashew": "cashew nut", "fryum": "wheel-shaped fryum snack",
+    "pcb1": "dual ultrasonic distance sensor pcb module",
+    # BTAD
+    "01": "Bright concentric rings in neon yellow and blue tones against a dark blue background, resembling a "
+          "stylized wave or energy field radiating outward.",
+    "02": "vertical fabric lines in warm, dusty pink and beige tones",
+    "03": "oval concentric circular rings in gradient shades of blue and white",
+    # single-class medical and surface sets
+    "headct": "scan", "brain": "scan", "liver": "scan", "retina": "scan", "rsdd": "metal", "endo": "polyp",
+    "colon clinicdb": "colon endoscopy image", "colon colondb": "colon endoscopy image",
+    "cvc-300": "colon endoscopy image", "kvasir": "colon endoscopy image",
+}
+
+
+def describe(class_name: str, descriptions: dict[str, str]) -> str:
+    """The description of ``class_name`` in ``descriptions`` (looked up by cleaned, lower-case name), or
+    the cleaned name itself for classes the table does not know."""
+    name = clean_class_name(class_name)
+    return descriptions.get(name.lower(), name)
+
+
 def clean_class_name(class_name: str) -> str:
     """The one normaliser of class names, applied wherever a name enters a prompt, so evaluation (folder
     names) and prediction (``--class-name``) build the same sentences: underscores read as spaces

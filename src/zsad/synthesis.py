@@ -22,6 +22,11 @@ from torch import Tensor
 from zsad.errors import ConfigError
 
 
+def batch_generator() -> torch.Generator:
+    """A CPU generator seeded from torch's global RNG, so the trainer's per-epoch seed fixes every draw."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+
+
 def _rand(generator: torch.Generator, *shape: int) -> Tensor:
     return torch.rand(shape, generator=generator, device=generator.device)
 

@@ -99,11 +99,11 @@ def test_an_edited_checkpoint_config_is_one_line(run, synthetic_root, tmp_path, 
 
 def test_shape_mismatch_is_one_line_naming_tensor_shapes_and_field(tmp_path):
     torch.manual_seed(0)
-    method = build_method("dictas", backbone="clip-tiny", image_size=32)
-    save_checkpoint(tmp_path, "dictas", to_dict(method.config), method.method_state_dict())
-    with pytest.raises(ConfigError, match=r"checkpoint tensor '.*' has shape \[.*\] but method 'dictas' with this "
-                                          r"config builds \[.*256.*\]; likely changed: tac_hidden=256"):
-        build_method(checkpoint=tmp_path, overrides=["tac_hidden=256"])
+    method = build_method("moeclip", backbone="clip-tiny", image_size=32)
+    save_checkpoint(tmp_path, "moeclip", to_dict(method.config), method.method_state_dict())
+    with pytest.raises(ConfigError, match=r"checkpoint tensor '.*' has shape \[.*\] but method 'moeclip' with this "
+                                          r"config builds \[.*\]; likely changed: lora_rank=3"):
+        build_method(checkpoint=tmp_path, overrides=["lora_rank=3"])
 
 
 def test_resume_refuses_other_data_or_settings_unless_forced(run, synthetic_root, unseen_synthetic_root, capsys):

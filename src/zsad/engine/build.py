@@ -85,5 +85,8 @@ def build_method(name: str | None = None, *, checkpoint: str | Path | None = Non
             method.load_report = method.load_method_state_dict(tensors, partial=partial)
         except ConfigError as err:
             raise ConfigError(f"{checkpoint}: {err}") from None
+        if method.load_report.refitted and not partial:
+            _note(f"note: {checkpoint}: {len(method.load_report.refitted)} training-only tensor(s) do not fit "
+                  f"this config and were left fresh; inference does not read them")
     method.eval()
     return method

@@ -6,9 +6,9 @@ learns, for each of four vision blocks, one linear map (with bias) from the resi
 normal/anomalous WinCLIP text anchors of the image's class at logit scale 100; the logits are upsampled
 to the image and turned into per-pixel probabilities by a softmax. Training on an auxiliary dataset
 with pixel masks minimises focal + Dice(anomalous) on every layer's map, summed over layers; the
-backbone and text tower stay frozen, so the auxiliary features can be cached once. (For training on
-MVTec AD the reference code also pastes 2x2 mosaics at rate 0.2 for 3 epochs; that augmentation is not
-implemented here.)
+backbone and text tower stay frozen, so the auxiliary features can be cached once. For training on
+MVTec AD the reference code also pastes 2 × 2 mosaics of same-class images at rate 0.2 (3 epochs):
+``mosaic_prob=0.2`` (:mod:`~zsad.methods.mosaic`; the features are then computed live, not cached).
 
 At test time the zero-shot map is the sum over layers of the anomalous probability and the image score
 is CLIP's own zero-shot classification: ``softmax(100 · cos(global embedding, anchors))[anomalous]``.
@@ -21,7 +21,7 @@ smoothing: ``sigma`` defaults to 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -31,8 +31,10 @@ from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability, segmentation_losses
-from zsad.methods.maps import anchor_probabilities, gaussian_blur, minmax, upsample
+from zsad.methods.maps import anchor_probabilities, minmax
 from zsad.methods.memory import PatchMemory, reference_tokens
+from zsad.methods.mosaic import mosaic_batch
+from zsad.synthesis import batch_generator
 from zsad.prompts import WINCLIP, text_anchors
 
 
@@ -45,6 +47,7 @@ class AprilGanConfig(MethodConfig):
     sigma: float = 0.0  # Gaussian smoothing of the map in pixels (the reference code does not smooth)
     score_normalization: Literal["none", "test_minmax"] = "none"  # test_minmax: benchmark mode (transductive)
     chunk_size: int = 4096  # reference patches compared at once (bounds memory)
+    mosaic_prob: float = 0.0  # rate of 2x2 same-class mosaics in training (the code's MVTec setting: 0.2)
     reference_batch_size: int = 8
 
 
@@ -73,16 +76,25 @@ class AprilGan(Method):
     def anomaly_probabilities(self, tokens: Tensor, anchors: Tensor, grid: tuple[int, int],
                               size: tuple[int, int]) -> Tensor:
         """Per-layer (normal, anomalous) probabilities ``[B, L, 2, H, W]`` of raw tokens ``[B, L, N, C]``."""
-        return torch.stack([anchor_probabilities(head(tokens[:, i]), anchors, grid, size, self.config.logit_scale)
+        return torch.stack([anchor_probabilities(head(tokens[:, i]), anchors, grid, size, self.config.logit_scale,
+                                                 align_corners=self.config.align_corners)
                             for i, head in enumerate(self.heads)], 1)
 
     # --- training ---------------------------------------------------------------------------------------
-    def frozen_features(self, images: Tensor) -> dict[str, Tensor]:
-        """Raw patch tokens of every layer, ``[B, L, N, C]``: the heads are all that training changes."""
+    def frozen_features(self, images: Tensor) -> dict[str, Tensor] | None:
+        """Raw patch tokens of every layer, ``[B, L, N, C]``: the heads are all that training changes (None
+        with mosaics on: training then needs the live images)."""
+        return None if self.config.mosaic_prob > 0 else self._patch_tokens(images)
+
+    def _patch_tokens(self, images: Tensor) -> dict[str, Tensor]:
         return {"patch_tokens": torch.stack(self.backbone(images, self.layers).patch_tokens, 1)}
 
     def training_loss(self, batch: Batch, features: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        features = features if features is not None else self.frozen_features(batch.images)
+        if features is None:
+            images, masks = mosaic_batch(batch.images, batch.masks, batch.categories, self.config.mosaic_prob,
+                                         batch_generator())
+            batch = replace(batch, images=images, masks=masks)
+            features = self._patch_tokens(batch.images)
         anchors = torch.stack([text_anchors(self.backbone.text, c, WINCLIP) for c in batch.categories])
         size = tuple(batch.masks.shape[-2:])
         grid = self.backbone.grid_for(*size)
@@ -113,8 +125,8 @@ class AprilGan(Method):
         text_probability = anomalous_probability(features.global_embedding, self.anchors, self.config.logit_scale)
         if few_shot:
             distances = self.memory.distances([tokens[i] for i in self.few_shot_layers], features.grid)
-            anomaly_map = anomaly_map + upsample(distances, size).sum(1)
-        anomaly_map = gaussian_blur(anomaly_map, self.config.sigma)
+            anomaly_map = anomaly_map + self.upsample(distances, size).sum(1)
+        anomaly_map = self.blur(anomaly_map, self.config.sigma)
         if not few_shot:
             return Prediction(anomaly_map, text_probability)
         map_maximum = anomaly_map.flatten(1).amax(1)

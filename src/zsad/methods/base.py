@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
+from zsad.methods.maps import BorderMode, gaussian_blur, upsample
 
 
 @dataclass
@@ -27,6 +28,9 @@ class MethodConfig:
     backbone: str = "clip-vit-l14-336"
     image_size: int = 336
     layers: tuple[int, ...] | None = None  # None: the method's default blocks (Method.default_layers)
+    # How patch maps become pixel maps (protocol options; the reference codes use True and "reflect")
+    align_corners: bool = False  # bilinear upsampling with corner patches on the image corners
+    blur_mode: BorderMode = "mirror"  # Gaussian border, named as scipy names it (see maps.gaussian_blur)
 
 
 @dataclass
@@ -47,9 +51,13 @@ class LoadReport:
     loaded: int
     missing: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
+    refitted: tuple[str, ...] = ()  # training-only tensors whose saved shape no longer fits the config
 
     def __str__(self) -> str:
         text = f"{self.loaded} tensors loaded"
+        if self.refitted:
+            text += (f"; {len(self.refitted)} training-only tensor(s) sized for another config, freshly "
+                     f"initialised (inference does not read them): {_names(self.refitted)}")
         if self.missing:
             text += f"; {len(self.missing)} not in the checkpoint, freshly initialised: {_names(self.missing)}"
         if self.unexpected:
@@ -74,6 +82,9 @@ class Method(nn.Module):
     # Training defaults from the method's paper (fields of zsad.engine.train.TrainConfig); read them
     # through train_defaults_for(config), the one path that knows about stages.
     train_defaults: ClassVar[dict[str, object]] = {}
+    # Prefixes of tensors that only training_loss reads (heads of auxiliary losses): a checkpoint whose copies
+    # no longer fit the config (other layers, say) still loads for inference, with those left fresh.
+    training_only: ClassVar[tuple[str, ...]] = ()
     # Version of the config fields and tensor names in checkpoints; bump it with an upgrade_checkpoint step.
     config_version: ClassVar[int] = 1
     load_report: LoadReport | None = None  # set when built from a checkpoint (zsad.engine.build)
@@ -167,7 +178,10 @@ class Method(nn.Module):
         """Load the method's tensors; ``partial`` allows a subset (initialising from an earlier stage) and
         the returned report says which tensors kept their fresh values. Shapes must match exactly."""
         own = self.method_state_dict()
-        missing = tuple(sorted(set(own) - set(state)))
+        refitted = tuple(sorted(k for k in set(own) & set(state)
+                                if own[k].shape != state[k].shape and k.startswith(self.training_only or ("\0",))))
+        state = {k: v for k, v in state.items() if k not in refitted}
+        missing = tuple(sorted(set(own) - set(state) - set(refitted)))
         unexpected = tuple(sorted(set(state) - set(own)))
         for key in sorted(set(own) & set(state)):
             if own[key].shape != state[key].shape:
@@ -177,7 +191,7 @@ class Method(nn.Module):
             raise ConfigError(f"checkpoint does not fit method {self.name!r}: missing {_names(missing) or 'none'}; "
                               f"unexpected {_names(unexpected) or 'none'}")
         self.load_state_dict(state, strict=False)
-        return LoadReport(len(own) - len(missing), missing, unexpected)
+        return LoadReport(len(own) - len(missing) - len(refitted), missing, unexpected, refitted)
 
     def _shape_mismatch(self, key: str, saved: tuple[int, ...], built: tuple[int, ...]) -> str:
         """One line naming the tensor, both shapes and the config fields whose values size it."""
@@ -187,6 +201,14 @@ class Method(nn.Module):
         hint = f"; likely changed: {', '.join(suspects)}" if suspects else "; a size field of the config changed"
         return (f"checkpoint tensor {key!r} has shape {list(saved)} but method {self.name!r} with this config "
                 f"builds {list(built)}{hint}")
+
+    def upsample(self, maps: Tensor, size: tuple[int, int] | int) -> Tensor:
+        """:func:`~zsad.methods.maps.upsample` with the config's ``align_corners``."""
+        return upsample(maps, size, self.config.align_corners)
+
+    def blur(self, maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+        """:func:`~zsad.methods.maps.gaussian_blur` with the config's ``blur_mode``."""
+        return gaussian_blur(maps, sigma, truncate, self.config.blur_mode)
 
     def train(self, mode: bool = True) -> Method:
         """Train mode never reaches the frozen backbone (its dropout/norm statistics stay fixed)."""

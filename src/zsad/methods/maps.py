@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ def anchor_map(probs: Tensor) -> Tensor:
 
 
 def anchor_probabilities(tokens: Tensor, anchors: Tensor, grid: tuple[int, int], size: tuple[int, int] | int,
-                         scale: float = 100.0, softmax_first: bool = False) -> Tensor:
+                         scale: float = 100.0, softmax_first: bool = False, align_corners: bool = False) -> Tensor:
     """Per-pixel (normal, anomalous) probabilities ``[B, 2, H, W]`` of patch tokens ``[B, N, D]`` against
     two anchors ``[2, D]`` (or per-image ``[B, 2, D]``), at ``size``, from ``scale * cos`` logits.
 
@@ -69,16 +70,20 @@ def anchor_probabilities(tokens: Tensor, anchors: Tensor, grid: tuple[int, int],
     """
     logits = tokens_to_grid(anchor_logits(tokens, anchors, scale), grid)
     if softmax_first:
-        return upsample(logits.softmax(1), size)
-    return upsample(logits, size).softmax(1)
+        return upsample(logits.softmax(1), size, align_corners)
+    return upsample(logits, size, align_corners).softmax(1)
 
 
-def upsample(maps: Tensor, size: tuple[int, int] | int) -> Tensor:
-    """Bilinear upsampling of ``[B, h, w]`` or ``[B, K, h, w]`` maps to ``size``."""
+def upsample(maps: Tensor, size: tuple[int, int] | int, align_corners: bool = False) -> Tensor:
+    """Bilinear upsampling of ``[B, h, w]`` or ``[B, K, h, w]`` maps to ``size``.
+
+    ``align_corners=False`` treats patches as areas (a patch's value sits at its centre); the reference
+    codes use ``True`` (the corner patches' values sit on the image corners), which shifts maps by up to
+    half a patch — a protocol option (``MethodConfig.align_corners``), not a default."""
     size = (size, size) if isinstance(size, int) else size
     squeeze = maps.dim() == 3
     x = maps.unsqueeze(1) if squeeze else maps
-    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=align_corners)
     return x.squeeze(1) if squeeze else x
 
 
@@ -89,25 +94,41 @@ def _gaussian_kernel(sigma: float, radius: int) -> Tensor:
     return k / k.sum()
 
 
-def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
-    """Separable Gaussian smoothing of ``[B, H, W]`` maps, padded by reflection about the edge pixel (torch's
-    ``reflect``, which is scipy's ``mirror`` mode: the edge pixel is not repeated; scipy's default
-    ``reflect`` repeats it).
+BorderMode = Literal["mirror", "reflect"]
 
-    ``radius = int(truncate * sigma + 0.5)`` as in ``scipy.ndimage.gaussian_filter``.
+
+def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0, mode: BorderMode = "mirror") -> Tensor:
+    """Separable Gaussian smoothing of ``[B, H, W]`` maps with ``scipy.ndimage.gaussian_filter``'s kernel
+    (``radius = int(truncate * sigma + 0.5)``) and border, named as scipy names them:
+
+    * ``"mirror"`` (the default here): reflection about the edge pixel, which is not repeated
+      (``d c b | a b c d``; torch's ``reflect`` padding);
+    * ``"reflect"`` (scipy's default, what the reference codes' ``gaussian_filter`` calls use): reflection
+      about the edge, which repeats the edge pixel (``c b a | a b c``).
     """
     if sigma <= 0:
         return maps
     radius = int(truncate * sigma + 0.5)
     h, w = maps.shape[-2:]
-    radius = min(radius, h - 1, w - 1)
+    radius = min(radius, h - 1, w - 1) if mode == "mirror" else min(radius, h, w)
     kernel = _gaussian_kernel(float(sigma), radius).to(maps.device, torch.float32)
     x = maps.float().unsqueeze(1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    x = F.conv2d(_pad(x, radius, -1, mode), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(_pad(x, radius, -2, mode), kernel.view(1, 1, -1, 1))
     return x.squeeze(1).to(maps.dtype)
+
+
+def _pad(x: Tensor, radius: int, dim: int, mode: BorderMode) -> Tensor:
+    """``radius`` symmetric border values on both ends of ``dim`` (see :func:`gaussian_blur`)."""
+    if mode == "mirror":
+        pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+        return F.pad(x, pad, mode="reflect")
+    if mode != "reflect":
+        raise ConfigError(f"blur border mode must be 'mirror' or 'reflect', got {mode!r}")
+    n = x.shape[dim]
+    before = x.narrow(dim, 0, radius).flip(dim)
+    after = x.narrow(dim, n - radius, radius).flip(dim)
+    return torch.cat([before, x, after], dim)
 
 
 def sigma_for(size: int, sigma_at_reference: float, reference_size: int) -> float:

@@ -38,7 +38,7 @@ from zsad.backbones.base import FeatureExtractor
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability
-from zsad.methods.maps import harmonic_mean, min_cosine_distance, upsample
+from zsad.methods.maps import harmonic_mean, min_cosine_distance
 from zsad.prompts import WINCLIP, text_anchors
 
 
@@ -123,7 +123,7 @@ class WinClip(Method):
             few_shot = self.few_shot_map(embeddings, grid)
             anomaly = (anomaly + few_shot) / 2
             image_score = (image_score + few_shot.amax(1)) / 2
-        anomaly_map = upsample(anomaly.view(-1, *grid), images.shape[-2:])
+        anomaly_map = self.upsample(anomaly.view(-1, *grid), images.shape[-2:])
         return Prediction(anomaly_map, image_score)
 
     # --- embeddings ---------------------------------------------------------------------------------

@@ -33,13 +33,16 @@ probability of the frozen CLIP image embedding against the class's text anchors.
 Choices the paper leaves open, and why:
 
 * *Patch pseudo-labels*: a patch is anomalous when more than half of its pixels are in the synthetic
-  mask (area pooling then 0.5), the code's bilinear-then-threshold in a resolution-independent form.
+  mask (``patch_labels="area"``: area pooling then 0.5), the code's bilinear-then-threshold in a
+  resolution-independent form; ``"bilinear"`` is the code's exact rule (the mask bilinearly resized to the
+  patch grid with ``align_corners=True``, then ``> 0.5``), which reads only the pixels near patch centres.
 * *Query feature of the map and the loss*: the paper's raw ``F_q`` (``query_feature="feature"``). The public
   code's second phase uses ``Value(F_q)`` with the Value generator frozen (it restores the best weights and
   resets Adam after the first epoch without validation gain). Here that is ``query_feature="value"``, which
   freezes the Value generator; the two phases are two ``zsad train`` runs, the second started from the
   first with ``--checkpoint`` (a fresh optimizer). Choose the first run's length on held-out *auxiliary*
-  data, never on target test data.
+  data, never on target test data. A Value generator that was never trained (no checkpoint, or one
+  without it) would turn every query into random features, so that combination is refused.
 * *Image-score fusion*: the code min-max normalises ``s_text`` and ``max(map)`` per category over the test
   set before fusing. That needs every test image's score, i.e. it is transductive, so it is only the named
   option ``score_normalization="test_minmax"`` (applied by the evaluator through
@@ -48,13 +51,16 @@ Choices the paper leaves open, and why:
 * *TAC's pooling and width*: attention pooling (the code) by default, global average pooling (the paper)
   as an option; hidden width 512 as in the spec for ViT-L. TAC reads the first configured scale.
 * Per-dataset tuning of the code (layers [6, 12] on MVTec/BTAD, single scale on MPDD/BTAD/MVTec3D, α per
-  class, rotated references for ``screw``) is reachable through ``layers``, ``scales`` and ``score_alpha``,
-  never a default.
+  class, references rotated in 45° steps for ``screw`` at k ≤ 4) is reachable through ``layers``,
+  ``scales``, ``score_alpha_per_class`` and ``reference_rotations`` / ``rotate_references_for`` (``zsad
+  reproduce dictas --protocol code`` sets them), never a default. The TAC head is training-only, so a
+  checkpoint evaluates with other ``layers`` (its head is then left fresh and unused).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -68,12 +74,12 @@ from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.dictas.alignment import Pooling, TextAlignmentHead
 from zsad.methods.dictas.generators import Generators
 from zsad.methods.dictas.lookup import Strategy, lookup
-from zsad.methods.dictas.pairs import AnomalySources, batch_generator, reference_views
+from zsad.methods.dictas.pairs import AnomalySources, reference_views
 from zsad.methods.losses import anchor_logits, anomalous_probability
-from zsad.methods.maps import gaussian_blur, mask_fractions, minmax, neighbourhood_mean, sigma_for, upsample
+from zsad.methods.maps import mask_fractions, minmax, neighbourhood_mean, sigma_for
 from zsad.methods.memory import reference_tokens
-from zsad.prompts import text_anchors
-from zsad.synthesis import synthesize_batch
+from zsad.prompts import clean_class_name, text_anchors
+from zsad.synthesis import batch_generator, synthesize_batch
 
 SIGMA_REFERENCE_SIZE = 336  # the input size at which ``sigma`` is given
 
@@ -91,6 +97,7 @@ class DictASConfig(MethodConfig):
     key_generator: bool = True
     value_generator: bool = True
     query_feature: Literal["feature", "value"] = "feature"  # F_q (paper) or Value(F_q) (code's 2nd phase)
+    patch_labels: Literal["area", "bilinear"] = "area"  # pseudo-labels: >50% of a patch's area, or the code's
     # Regularisers (a weight of 0 switches one off)
     cqc_weight: float = 0.1
     tac_weight: float = 0.1
@@ -105,6 +112,9 @@ class DictASConfig(MethodConfig):
     # Inference
     sigma: float = 6.0  # Gaussian smoothing at 336 px, scaled with the input size
     score_alpha: float = 0.2  # weight of the text score in the image score
+    score_alpha_per_class: dict[str, float] = field(default_factory=dict)  # class name -> α (the code's table)
+    reference_rotations: tuple[float, ...] = ()  # extra copies of each reference rotated by these degrees
+    rotate_references_for: tuple[str, ...] = ()  # classes that get them; empty: every class
     score_normalization: Literal["none", "test_minmax"] = "none"
     reference_batch_size: int = 8
 
@@ -116,6 +126,7 @@ class DictAS(Method):
     trainable = True
     Config = DictASConfig
     summary = "dictionary lookup of query patches in the k references, trained self-supervised (DictAS)"
+    training_only = ("alignment.",)  # the TAC head: its width follows the layer count, inference never reads it
     train_defaults: ClassVar[dict[str, object]] = {
         "epochs": 30, "batch_size": 24, "lr": 1e-4, "betas": (0.5, 0.999), "scheduler": "plateau",
         "plateau_factor": 0.8, "plateau_patience": 2, "plateau_metric": "query", "split": "train",
@@ -129,8 +140,10 @@ class DictAS(Method):
                 raise ConfigError(f"dictas: scales must be odd positive neighbourhood sizes, got {list(config.scales)}")
         if not config.scales:
             raise ConfigError("dictas: give at least one scale (e.g. scales=1,3)")
-        if not 0 <= config.score_alpha <= 1:
-            raise ConfigError(f"dictas: score_alpha must be in [0, 1], got {config.score_alpha}")
+        for name, alpha in {"": config.score_alpha, **config.score_alpha_per_class}.items():
+            if not 0 <= alpha <= 1:
+                where = f"score_alpha_per_class[{name}]" if name else "score_alpha"
+                raise ConfigError(f"dictas: {where} must be in [0, 1], got {alpha}")
         count = len(self.layers) if config.per_layer_generators else 1
         self.generators = nn.ModuleList(
             Generators(backbone.width, config.heads, config.query_generator, config.key_generator,
@@ -146,6 +159,7 @@ class DictAS(Method):
                                                backbone.text.embed_dim, config.tac_pooling)
         self._dictionary: list[list[tuple[Tensor, Tensor]]] = []
         self._anchors: Tensor | None = None
+        self._alpha = config.score_alpha
         self._sources: AnomalySources | None = None
 
     # --- the model ------------------------------------------------------------------------------------
@@ -205,7 +219,7 @@ class DictAS(Method):
         dictionary = self.build_dictionary([t[b:] for t in frozen.patch_tokens], grid, concatenate=False)
         results = self.retrieve(query_tokens, grid, dictionary)
 
-        anomalous = mask_fractions(masks, grid) > 0.5  # [B, N]
+        anomalous = self._patch_labels(masks, grid)  # [B, N]
         normal = (~anomalous).float()
         anomalous = anomalous.float()
         query_loss = images.new_zeros(())
@@ -229,6 +243,27 @@ class DictAS(Method):
             total = total + config.tac_weight * losses["tac"]
         return {"loss": total, **losses}
 
+    def _patch_labels(self, masks: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Boolean patch pseudo-labels ``[B, N]`` of pixel masks ``[B, H, W]`` (see ``patch_labels``)."""
+        if self.config.patch_labels == "bilinear":
+            resized = F.interpolate(masks.float().unsqueeze(1), size=grid, mode="bilinear", align_corners=True)
+            return resized.flatten(1) > 0.5
+        return mask_fractions(masks, grid) > 0.5
+
+    def before_training(self, data) -> None:
+        self._check_value_generator()
+
+    def _check_value_generator(self) -> None:
+        """``query_feature="value"`` reads queries through the (then frozen) Value generator: refuse it when
+        that generator was never trained, instead of comparing random features."""
+        if self.config.query_feature != "value" or not self.config.value_generator:
+            return
+        report = self.load_report
+        if report is None or any(".value_block." in key for key in report.missing):
+            raise ConfigError("dictas: query_feature=value freezes the Value generator and reads queries through it, "
+                              "but this model's Value generator was never trained; train with query_feature=feature "
+                              "first and start from that checkpoint (--checkpoint)")
+
     def _text_alignment_loss(self, results: list[list[tuple[Tensor, Tensor]]], categories: list[str],
                              labels: Tensor) -> Tensor:
         """CE(query embedding, pseudo-label) + CE(retrieved embedding, normal) against each image's anchors."""
@@ -251,12 +286,26 @@ class DictAS(Method):
     def prepare(self, class_name: str, references: Tensor | None) -> None:
         if references is None or len(references) == 0:
             raise ConfigError("dictas is few-shot: it needs k >= 1 normal reference images")
+        self._check_value_generator()
+        references = self._with_rotations(class_name, references)
         tokens = reference_tokens(self.backbone, references, self.layers, self.config.reference_batch_size)
         grid = self.backbone.grid_for(*references.shape[-2:])
         k = references.shape[0]
         self._dictionary = self.build_dictionary([t.view(k, -1, t.shape[-1]) for t in tokens], grid,
                                                  concatenate=True)
         self._anchors = text_anchors(self.text, class_name) if self.text is not None else None
+        per_class = {clean_class_name(k): v for k, v in self.config.score_alpha_per_class.items()}
+        self._alpha = per_class.get(clean_class_name(class_name), self.config.score_alpha)
+
+    def _with_rotations(self, class_name: str, references: Tensor) -> Tensor:
+        """Each reference followed by its copies rotated by ``reference_rotations`` degrees, for the classes in
+        ``rotate_references_for`` (all when empty): the code's remedy for parts lying at any angle (``screw``)."""
+        config = self.config
+        chosen = {clean_class_name(c) for c in config.rotate_references_for}
+        if not config.reference_rotations or (chosen and clean_class_name(class_name) not in chosen):
+            return references
+        copies = [rotate(references, angle) for angle in config.reference_rotations]
+        return torch.stack([references, *copies], 1).flatten(0, 1)
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> Prediction:
@@ -268,7 +317,7 @@ class DictAS(Method):
         distances = torch.stack([(1 - F.cosine_similarity(f, r, dim=-1)) / 2 for pairs in results for f, r in pairs], 1)
         size = images.shape[-2:]
         sigma = sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE)
-        anomaly_map = gaussian_blur(upsample(distances.view(b, -1, h, w), size).mean(1), sigma)
+        anomaly_map = self.blur(self.upsample(distances.view(b, -1, h, w), size).mean(1), sigma)
         map_score = anomaly_map.flatten(1).amax(1)
         text_score = self._text_score(features.global_embedding)
         parts = {"map": map_score} if text_score is None else {"map": map_score, "text": text_score}
@@ -283,8 +332,7 @@ class DictAS(Method):
     def _fuse(self, parts: dict[str, Tensor]) -> Tensor:
         if "text" not in parts:
             return parts["map"]
-        alpha = self.config.score_alpha
-        return alpha * parts["text"] + (1 - alpha) * parts["map"]
+        return self._alpha * parts["text"] + (1 - self._alpha) * parts["map"]
 
     def category_scores(self, scores: Tensor, parts: dict[str, Tensor]) -> Tensor:
         """With ``score_normalization="test_minmax"`` (benchmark mode, transductive): each part min-max
@@ -292,3 +340,17 @@ class DictAS(Method):
         if self.config.score_normalization == "none":
             return scores
         return self._fuse({k: minmax(v) for k, v in parts.items()})
+
+
+def rotate(images: Tensor, degrees: float) -> Tensor:
+    """Images ``[B, 3, H, W]`` rotated counter-clockwise about their centre, bilinear, borders filled by
+    reflection (the code rotates with albumentations' defaults: bilinear, reflect-101 borders)."""
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    h, w = images.shape[-2:]
+    # grid_sample reads output pixel (x, y) from the input at R(-θ)·(x, y), in normalised coordinates;
+    # the aspect factors keep the rotation rigid on non-square images.
+    matrix = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=images.dtype,
+                          device=images.device)
+    grid = F.affine_grid(matrix.expand(len(images), 2, 3), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

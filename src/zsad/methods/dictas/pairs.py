@@ -110,8 +110,3 @@ class AnomalySources:
         """``count`` sources drawn with replacement, ``[count, 3, S, S]`` in [0, 1] on ``device``."""
         index = (_draw(generator, count) * len(self.images)).long().clamp_max(len(self.images) - 1)
         return self.images[index.cpu()].to(device).float().div_(255)
-
-
-def batch_generator() -> torch.Generator:
-    """A CPU generator seeded from torch's global RNG, so the trainer's per-epoch seed fixes every draw."""
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))

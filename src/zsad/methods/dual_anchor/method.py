@@ -78,9 +78,7 @@ from zsad.methods.dual_anchor.grouping import Grouping, HierarchicalGroupMerging
 from zsad.methods.dual_anchor.prompts import DynamicStatePrompts
 from zsad.methods.dual_anchor.refiner import GroupGatedRefiner
 from zsad.methods.losses import anchor_logits, segmentation_losses
-from zsad.methods.maps import (
-    anchor_map, anchor_probabilities, gaussian_blur, mask_fractions, sigma_for, tokens_to_grid, upsample,
-)
+from zsad.methods.maps import anchor_map, anchor_probabilities, mask_fractions, sigma_for, tokens_to_grid
 
 SIGMA_REFERENCE_SIZE = 518  # σ is given at the paper's input size
 PAPER_TEXT_BACKBONE = "clip-vit-l14-336"
@@ -229,10 +227,11 @@ class DualAnchor(Method):
             global_token = self.refiner(global_token, grouping.groups)
         anchors = self._anchors(class_names, grouping.groups)
         scale = 1 / self.config.temperature
-        maps = [anchor_probabilities(tokens[:, i], anchors, grid, size, scale, softmax_first=True)
+        maps = [anchor_probabilities(tokens[:, i], anchors, grid, size, scale, softmax_first=True,
+                                     align_corners=self.config.align_corners)
                 for i in range(tokens.shape[1])]
         if self.config.assignment_map:
-            maps.append(upsample(tokens_to_grid(grouping.assignment, grid), size))
+            maps.append(self.upsample(tokens_to_grid(grouping.assignment, grid), size))
         image_logits = anchor_logits(global_token, anchors, scale)
         return Outputs(torch.stack(maps, 1), image_logits, grouping, tokens[:, self.level_layers[-1]])
 
@@ -277,7 +276,7 @@ class DualAnchor(Method):
         size = tuple(images.shape[-2:])
         out = self.forward_features(self.frozen_features(images), [self.class_name] * images.shape[0], size)
         anomaly_map = anchor_map(out.probabilities.movedim(2, -1)).mean(1)
-        anomaly_map = gaussian_blur(anomaly_map, sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE))
+        anomaly_map = self.blur(anomaly_map, sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE))
         return Prediction(anomaly_map, out.image_logits.softmax(-1)[:, 1])
 
 

@@ -26,12 +26,14 @@ LoRA dropout; ``reference_code_mode`` reproduces that.
 Inference (``predict``): each map is ``(s_a + 1 − s_n) / 2`` with ``s = 100 · cos``, blurred on the patch
 grid (σ 1, kernel 7), upsampled and summed over the 12 maps. The image score fuses a pixel term and the
 global term ``(g · t_a + 1) / 2`` with weight 0.5 each. The paper's pixel term, ``max(map)``, lives on an
-unbounded logit scale (the code min-max normalises both terms per category over the test set, which is
+unbounded logit scale (the code min-max normalises the maps per category over the test set, which is
 transductive). Deployment-safe default (``score_normalization="probability"``): the pixel term is the
 maximum over pixels of the mean over maps of ``σ(s_a − s_n)``, the per-pixel anomaly probability the
-segmentation loss trains, so both terms lie in [0, 1] and need no statistics at all.
-``score_normalization="test_minmax"`` reproduces the code's benchmark mode through
-:meth:`category_scores`.
+segmentation loss trains, so both terms lie in [0, 1] and need no statistics at all (it saturates at 1
+on strongly anomalous images, which then tie; ``"max"`` scores by ``max(map)`` alone and never ties).
+``"code"`` reproduces the code's benchmark fusion and ``"test_minmax"`` a per-term variant of it, both
+through :meth:`category_scores`. ``class_descriptions="code"`` prompts with the code's hand-written class
+descriptions instead of the class names.
 
 Other choices the paper leaves open, taken from the public code unless said otherwise: Xavier-initialised,
 bias-free heads; a LayerNorm at the start of the global head and a LeakyReLU after the text head
@@ -57,13 +59,11 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anchor_logits, segmentation_loss
-from zsad.methods.maps import (
-    anchor_map, anchor_probabilities, gaussian_blur, minmax, neighbourhood_mean, tokens_to_grid, upsample,
-)
+from zsad.methods.maps import anchor_map, anchor_probabilities, minmax, neighbourhood_mean, tokens_to_grid
 from zsad.methods.moeclip.augment import RigidAugmentation
 from zsad.methods.moeclip.experts import LoRAMixture
 from zsad.methods.moeclip.heads import GlobalHead, PatchHeads, TextHead
-from zsad.prompts import MOECLIP, clean_class_name, sentences
+from zsad.prompts import MOECLIP, MOECLIP_CODE_DESCRIPTIONS, clean_class_name, describe, sentences
 
 
 @dataclass
@@ -95,7 +95,8 @@ class MoECLIPConfig(MethodConfig):
     blur_sigma: float = 1.0  # on the patch grid (medical recipe: 1.5)
     blur_kernel: int = 7  # (medical recipe: 9)
     global_score_weight: float = 0.5  # image score = (1 - w) * pixel term + w * global term; 0: pixel term only
-    score_normalization: Literal["probability", "test_minmax"] = "probability"
+    score_normalization: Literal["probability", "max", "test_minmax", "code"] = "probability"
+    class_descriptions: Literal["none", "code"] = "none"  # "code": the public code's class descriptions
 
 
 @register
@@ -190,9 +191,10 @@ class MoECLIP(Method):
         text = self.backbone.text
         key = (clean_class_name(name), self.device)
         if key not in self._sentence_features:
+            subject = describe(name, MOECLIP_CODE_DESCRIPTIONS) if self.config.class_descriptions == "code" else key[0]
             with torch.inference_mode(False), torch.no_grad():
                 self._sentence_features[key] = tuple(
-                    text.eot_features(text.tokenize(sentences(MOECLIP, key[0], state))).float()
+                    text.eot_features(text.tokenize(sentences(MOECLIP, subject, state))).float()
                     for state in ("normal", "anomalous")
                 )
         return self._sentence_features[key]
@@ -220,7 +222,8 @@ class MoECLIP(Method):
         image = F.cross_entropy(image_logits.float(), batch.labels.long())
         size = tuple(masks.shape[-2:])
         segmentation = sum(
-            segmentation_loss(anchor_probabilities(p, anchors, adapted.grid, size, self.config.map_logit_scale), masks)
+            segmentation_loss(anchor_probabilities(p, anchors, adapted.grid, size, self.config.map_logit_scale,
+                                                   align_corners=self.config.align_corners), masks)
             for p in patches
         )
         zero = image.new_zeros(())
@@ -245,24 +248,40 @@ class MoECLIP(Method):
         patches, global_embedding = self.embeddings(adapted)
         logits = torch.stack([anchor_logits(p, self.anchors, config.map_logit_scale) for p in patches], 1)
         maps = tokens_to_grid(anchor_map(logits).transpose(1, 2), adapted.grid)  # [B, 12, h, w]
-        maps = gaussian_blur(maps.flatten(0, 1), config.blur_sigma,
+        maps = self.blur(maps.flatten(0, 1), config.blur_sigma,
                              truncate=(config.blur_kernel // 2) / config.blur_sigma).view_as(maps)
         # Bilinear upsampling is linear: summing on the grid first gives the same map for 1/12 of the work.
-        anomaly_map = upsample(maps.sum(1), tuple(images.shape[-2:]))
+        anomaly_map = self.upsample(maps.sum(1), tuple(images.shape[-2:]))
         global_term = (global_embedding.float() @ self.anchors[1].float() + 1) / 2
-        if config.score_normalization == "test_minmax":
+        if config.score_normalization == "max":
+            return Prediction(anomaly_map, anomaly_map.flatten(1).amax(1))
+        if config.score_normalization in ("test_minmax", "code"):
             pixel_term = anomaly_map.flatten(1).amax(1)
             score = (1 - config.global_score_weight) * pixel_term + config.global_score_weight * global_term
-            return Prediction(anomaly_map, score, {"pixel": pixel_term, "global": global_term})
+            parts = {"pixel": pixel_term, "pixel_min": anomaly_map.flatten(1).amin(1), "global": global_term}
+            return Prediction(anomaly_map, score, parts)
         # (s_a + 1 - s_n) / 2 = m  <=>  s_a - s_n = 2m - 1: the trained softmax probability is sigmoid(2m - 1).
         pixel_term = torch.sigmoid(2 * maps - 1).mean(1).flatten(1).amax(1)
         score = (1 - config.global_score_weight) * pixel_term + config.global_score_weight * global_term
         return Prediction(anomaly_map, score)
 
     def category_scores(self, scores: Tensor, parts: dict[str, Tensor]) -> Tensor:
-        """``test_minmax`` (benchmark mode, transductive): min-max both terms over the category's test set,
-        then fuse, as the public code does. Otherwise the per-image scores as predicted."""
-        if self.config.score_normalization != "test_minmax":
-            return scores
-        pixel, global_term = (minmax(parts[k]) for k in ("pixel", "global"))
-        return (1 - self.config.global_score_weight) * pixel + self.config.global_score_weight * global_term
+        """Benchmark modes (transductive: they read the category's whole test set), otherwise the per-image
+        scores as predicted.
+
+        * ``test_minmax``: each term min-max normalised over the category's images, then fused.
+        * ``code``: the public code's fusion: the maps are min-max normalised over *all pixels* of the
+          category (only when they leave [0, 1], which summed logit maps do), the image's pixel term is
+          the maximum of its normalised map, and the global term stays as it is.
+        """
+        weight = self.config.global_score_weight
+        if self.config.score_normalization == "test_minmax":
+            pixel, global_term = (minmax(parts[k]) for k in ("pixel", "global"))
+            return (1 - weight) * pixel + weight * global_term
+        if self.config.score_normalization == "code":
+            low, high = parts["pixel_min"].min(), parts["pixel"].max()
+            pixel = parts["pixel"]
+            if high > 1 or low < 0:
+                pixel = (pixel - low) / (high - low)
+            return (1 - weight) * pixel + weight * parts["global"]
+        return scores

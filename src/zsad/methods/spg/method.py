@@ -18,6 +18,9 @@ Open choices (config fields), and why:
 
 * ``token_space="auto"``: the CLIP variant compares in the joint space (``ln_post`` + ``proj`` on patches
   *and* CLS, as the public code's CLIP encoder returns them); DINO tokens stay raw.
+  ``token_space="final_norm"`` reads DINO tokens after the backbone's final LayerNorm: what the published
+  DINOv3 numbers were computed on (the code reads ``hidden_states`` through the transformers version it
+  pins, 4.56.1, whose last entry is normalised), for ``--protocol code`` reproduction.
 * ``latents=None`` means 4 × token width (4096 for ViT-L). For CLIP's 768-d projected tokens that is
   3072; the public script keeps 4096 there, which ``latents=4096`` reproduces.
 * Dead-atom mask: atoms with no positive activation on any stage-2 training token, computed by the SAE
@@ -49,7 +52,7 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability, image_cross_entropy, segmentation_losses
-from zsad.methods.maps import anchor_map, anchor_probabilities, gaussian_blur, sigma_for
+from zsad.methods.maps import anchor_map, anchor_probabilities, sigma_for
 from zsad.methods.spg.guides import GuideCodes
 from zsad.methods.spg.sae import TopKSAE
 
@@ -67,7 +70,7 @@ class SPGConfig(MethodConfig):
     image_size: int = 448
     layers: tuple[int, ...] | None = None  # one block; None: the last
     stage: Literal["sae", "guides"] = "sae"  # what `zsad train` optimises
-    token_space: Literal["auto", "raw", "projected"] = "auto"  # auto: projected for CLIP, raw for DINO
+    token_space: Literal["auto", "raw", "final_norm", "projected"] = "auto"  # auto: projected (CLIP), raw (DINO)
     # Stage 1: TopK sparse autoencoder.
     latents: int | None = None  # dictionary size; None: 4 x token width
     topk: int = 32
@@ -114,6 +117,7 @@ class SPG(Method):
             raise ConfigError(f"token_space=projected needs a CLIP backbone; {backbone.name} has no joint space")
         self.projected = config.token_space == "projected" or (config.token_space == "auto"
                                                                 and backbone.text is not None)
+        self.normalized = config.token_space == "final_norm"
         dim = backbone.embed_dim if self.projected else backbone.width
         latents = config.latents or 4 * dim
         if not 0 < config.topk <= latents or not 0 <= config.guide_topk <= latents or config.auxk < 0:
@@ -136,10 +140,12 @@ class SPG(Method):
         tokens, cls = features.patch_tokens[0], features.cls_tokens[0]
         if self.projected:
             tokens, cls = self.backbone.project(tokens), self.backbone.project(cls)
+        elif self.normalized:
+            tokens, cls = self.backbone.final_norm(tokens), self.backbone.final_norm(cls)
         return {"tokens": tokens, "cls": cls}
 
     def frozen_features_key(self) -> str:
-        return "projected" if self.projected else "raw"
+        return "projected" if self.projected else "final_norm" if self.normalized else "raw"
 
     def _features(self, batch: Batch, features: dict[str, Tensor] | None) -> dict[str, Tensor]:
         return features if features is not None else self.frozen_features(batch.images.to(self.device))
@@ -163,7 +169,8 @@ class SPG(Method):
         guides = codes @ self.sae.dictionary
         size = masks.shape[-2:]
         probs = anchor_probabilities(tokens, guides[2:], self.backbone.grid_for(*size), size,
-                                     scale=1 / config.temperature, softmax_first=True)
+                                     scale=1 / config.temperature, softmax_first=True,
+                                     align_corners=config.align_corners)
         parts = {
             "ce": image_cross_entropy(cls, guides[:2], labels, scale=1 / config.global_train_temperature),
             **segmentation_losses(probs, masks, config.normal_dice),
@@ -199,9 +206,10 @@ class SPG(Method):
         guides = self.guides(averaged=True)
         size = images.shape[-2:]
         probs = anchor_probabilities(features["tokens"], guides[2:], self.backbone.grid_for(*size), size,
-                                     scale=1 / self.config.temperature, softmax_first=True)
+                                     scale=1 / self.config.temperature, softmax_first=True,
+                                     align_corners=self.config.align_corners)
         sigma = sigma_for(size[0], self.config.sigma, SIGMA_REFERENCE_SIZE)
-        anomaly_map = gaussian_blur(anchor_map(probs.movedim(1, -1)), sigma)
+        anomaly_map = self.blur(anchor_map(probs.movedim(1, -1)), sigma)
         return Prediction(anomaly_map, self._image_score(anomaly_map, features["cls"], guides[:2]))
 
     def _image_score(self, anomaly_map: Tensor, cls: Tensor, global_guides: Tensor) -> Tensor:
