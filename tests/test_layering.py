@@ -4,7 +4,8 @@ or the layers below it, at module level and inside functions alike.
     base → data → backbones → methods → engine → report → app (commands, cli, demo, serve)
 
 ``base`` holds what every layer may use (errors, atomic I/O, configs, devices, pictures, metrics,
-progress bars, tiling geometry, threshold rules). ``data`` also holds the torch-free prediction of a
+progress bars, tiling geometry, threshold rules, the
+papers' protocols as data). ``data`` also holds the torch-free prediction of a
 folder (``zsad.prediction``), which any scorer drives. ``deploy`` is the torch-free runtime: it may
 import only the torch-free modules named in ``DEPLOY_ALLOWED``.
 """
@@ -21,7 +22,7 @@ PACKAGE = SRC / "zsad"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("zsad", "zsad.errors", "zsad.io", "zsad.config", "zsad.runtime", "zsad.overlay", "zsad.progress",
-              "zsad.metrics", "zsad.tiling", "zsad.calibration")),
+              "zsad.metrics", "zsad.tiling", "zsad.calibration", "zsad.protocols")),
     ("data", ("zsad.data", "zsad.prediction")),
     ("backbones", ("zsad.backbones",)),
     ("methods", ("zsad.methods", "zsad.prompts", "zsad.synthesis")),

@@ -18,7 +18,7 @@ from zsad.errors import ZsadError
 from zsad.io import check_output_dir
 
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
-            "serve", "export")
+            "serve", "export", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:

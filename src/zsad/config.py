@@ -128,7 +128,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 def with_overrides(config: T, overrides: list[str] | dict[str, Any]) -> T:
     """A copy of ``config`` with ``key=value`` (or ``a.b=value`` for nested configs) overrides applied."""
     data = to_dict(config)
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     for key, value in items:
         node = data
         *parents, leaf = key.split(".")
@@ -142,7 +142,8 @@ def with_overrides(config: T, overrides: list[str] | dict[str, Any]) -> T:
     return from_dict(type(config), data)
 
 
-def _split(override: str) -> tuple[str, str]:
+def parse_override(override: str) -> tuple[str, str]:
+    """``key=value`` as ``(key, value)``; anything else is a one-line error."""
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} is not of the form key=value")

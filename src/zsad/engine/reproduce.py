@@ -1,11 +1,12 @@
 """Running a paper's own protocol: auxiliary training, target datasets, shots, seeds and score rules.
 
-A protocol (``zsad/engine/protocols/<paper>.json``) says what the paper ran — method, backbone, input
-size, which auxiliary dataset trains the model for which target, the shot counts and reference draws —
-in two flavours: ``paper`` (what the paper writes, deployment-safe) and ``code`` (what the public code
-ran, including its per-dataset tuning and test-set statistics). Each code-only option is listed in the
-protocol's ``differences`` with whether it reads test-set statistics, so the report can name it next to
-the numbers. The published tables ship in the same file, cell by cell, with the table they come from.
+A protocol (:class:`zsad.protocols.Protocol`, shipped as ``zsad/protocols/<paper>.json``) says what the
+paper ran — method, backbone, input size, which auxiliary dataset trains the model for which target, the
+shot counts and reference draws — in two flavours: ``paper`` (what the paper writes, deployment-safe) and
+``code`` (what the public code ran, including its per-dataset tuning and test-set statistics). Each
+code-only option is listed in the protocol's ``differences`` with whether it reads test-set statistics,
+so the report can name it next to the numbers. The published tables ship in the same file, cell by
+cell, with the table they come from.
 
 Everything a user changes (a tiny backbone, fewer epochs, fewer seeds) is recorded as a *deviation* and
 printed with the results: a reproduction that quietly ran something else would be worse than none.
@@ -17,9 +18,8 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -32,54 +32,10 @@ from zsad.engine.train import Trainer, has_checkpoint, train_config_for, trainin
 from zsad.errors import ConfigError
 from zsad.methods import method_class
 from zsad.metrics.compat import aupro_compat
+from zsad.protocols import Flavour, Protocol
 
-PAPERS = ("dictas", "moeclip", "spg", "aprilgan", "anomalyclip", "winclip")
-Flavour = Literal["paper", "code"]
 COMPAT_AUPRO = "pixel_aupro_compat"
 _log = logging.getLogger("zsad")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """One paper's protocol and published numbers, as shipped in ``protocols/<paper>.json``."""
-
-    paper: str
-    title: str
-    citation: str
-    method: str
-    backbone: str
-    image_size: int
-    targets: tuple[str, ...]
-    auxiliary: dict[str, str]  # target -> auxiliary dataset; "default" for the rest; empty: training-free
-    shots: tuple[int, ...]
-    stages: tuple[dict[str, Any], ...]  # config overrides per training stage, in order; empty: training-free
-    flavours: dict[str, dict[str, Any]]
-    differences: tuple[dict[str, Any], ...]
-    published: tuple[dict[str, Any], ...]
-
-    @classmethod
-    def load(cls, paper: str) -> Protocol:
-        if paper not in PAPERS:
-            raise ConfigError(f"unknown paper {paper!r}; known: {', '.join(PAPERS)}")
-        data = json.loads((resources.files("zsad.engine") / "protocols" / f"{paper}.json").read_text())
-        return cls(data["paper"], data["title"], data["citation"], data["method"], data["backbone"],
-                   data["image_size"], tuple(data["targets"]), data["auxiliary"], tuple(data["shots"]),
-                   tuple(data["stages"]), data["flavours"], tuple(data["differences"]), tuple(data["published"]))
-
-    @property
-    def trains(self) -> bool:
-        return bool(self.stages)
-
-    def auxiliary_for(self, target: str) -> str | None:
-        return self.auxiliary.get(target, self.auxiliary.get("default")) if self.trains else None
-
-    def datasets(self) -> list[str]:
-        """Every dataset name the protocol reads: targets, then auxiliary sets that are not targets."""
-        extra = sorted(set(self.auxiliary.values()) - set(self.targets))
-        return [*self.targets, *extra]
-
-    def differences_for(self, flavour: Flavour) -> list[dict[str, Any]]:
-        return [d for d in self.differences if d["flavour"] in (flavour, "both")]
 
 
 @dataclass

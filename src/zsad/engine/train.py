@@ -188,7 +188,7 @@ class Trainer:
     def _feature_cache(self) -> FeatureCache | None:
         """A cache when the method's training reads only frozen features (see zsad.engine.feature_cache)."""
         directory = feature_cache_dir(self.config)
-        if directory is None or type(self.method).frozen_features is Method.frozen_features:
+        if directory is None or not self.method.trains_on_frozen_features:
             return None
         return FeatureCache(self.method, self.records, directory, weights=self.meta.get("weights"),
                             batch_size=self.config.batch_size)

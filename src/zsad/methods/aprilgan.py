@@ -81,6 +81,10 @@ class AprilGan(Method):
                             for i, head in enumerate(self.heads)], 1)
 
     # --- training ---------------------------------------------------------------------------------------
+    @property
+    def trains_on_frozen_features(self) -> bool:
+        return self.config.mosaic_prob <= 0  # mosaics change the images, so their features cannot be cached
+
     def frozen_features(self, images: Tensor) -> dict[str, Tensor] | None:
         """Raw patch tokens of every layer, ``[B, L, N, C]``: the heads are all that training changes (None
         with mosaics on: training then needs the live images)."""

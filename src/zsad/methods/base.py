@@ -135,6 +135,11 @@ class Method(nn.Module):
         """
         return None
 
+    @property
+    def trains_on_frozen_features(self) -> bool:
+        """Whether training reads only :meth:`frozen_features`, so the trainer may cache them."""
+        return type(self).frozen_features is not Method.frozen_features
+
     def frozen_features_key(self) -> str:
         """Anything besides backbone, weights, size and layers that changes :meth:`frozen_features`."""
         return ""
