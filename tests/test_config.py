@@ -65,3 +65,18 @@ def test_text_fields_keep_what_was_typed():
     assert config.ratio == pytest.approx(1e-3)
     assert config.mode == ("on", "off")
     assert with_overrides(WithText(), {"folder": "no"}).folder == "no"
+
+
+def test_mapping_fields_read_key_value_lists_and_yaml():
+    @dataclass
+    class WithMapping:
+        alpha: dict[str, float] = field(default_factory=dict)
+
+    assert with_overrides(WithMapping(), ["alpha=metal nut:0,screw:0.5"]).alpha == {"metal nut": 0.0, "screw": 0.5}
+    assert with_overrides(WithMapping(), ["alpha={screw: 1}"]).alpha == {"screw": 1.0}
+    assert with_overrides(WithMapping(), ["alpha="]).alpha == {}
+    assert from_dict(WithMapping, to_dict(WithMapping({"a": 0.25}))) == WithMapping({"a": 0.25})
+    with pytest.raises(ConfigError, match="not of the form key:value"):
+        with_overrides(WithMapping(), ["alpha=screw"])
+    with pytest.raises(ConfigError, match="expected float"):
+        with_overrides(WithMapping(), ["alpha=screw:much"])

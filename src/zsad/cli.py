@@ -18,7 +18,7 @@ from zsad.errors import ZsadError
 from zsad.io import check_output_dir
 
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
-            "serve", "export", "reproduce")
+            "serve", "export", "reproduce", "convert-openclip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"zsad.commands.{name}").add_parser(sub)
+        importlib.import_module(f"zsad.commands.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ from zsad.backbones.hf_clip import CLIPExtractor, CLIPTextEncoder, CLIPTextTower
 from zsad.backbones.hf_dino import DinoExtractor
 from zsad.backbones.specs import BACKBONES, BackboneSpec, get_spec
 from zsad.backbones.weights import load_config, load_model, load_tokenizer, resolve_source
-from zsad.errors import ConfigError
+from zsad.errors import ConfigError, WeightsNotFoundError
 from zsad.runtime import pick_device
 
 _MODEL_TYPES = {"clip": "clip", "dinov2": "dinov2", "dinov3": "dinov3_vit"}
@@ -55,7 +55,7 @@ def build_text_encoder(name: str, weights: str | None = None,
         model = _clip_model(spec, weights)
         text_model, projection = model.text_model, model.text_projection
     else:
-        source = resolve_source(weights or spec.hub_id)
+        source = _source(spec, weights)
         config = load_config(source, "clip", name)
         text_config = config.text_config
         text_config.projection_dim = config.projection_dim  # the joint size lives on the outer config
@@ -80,12 +80,23 @@ def random_config(spec: BackboneSpec) -> PretrainedConfig:
     vision["intermediate_size"] = 4 * spec.width
     if spec.family == "dinov3":
         return DINOv3ViTConfig(num_register_tokens=4, **vision)
+    vision["hidden_act"] = spec.activation
     width = spec.text_width
     text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=12,
+                hidden_act=spec.activation,
                 num_attention_heads=width // 64, max_position_embeddings=tiny.CONTEXT_LENGTH,
                 **tiny.special_token_ids())
     return CLIPConfig(text_config=text, vision_config=dict(image_size=spec.image_size, **vision),
                       projection_dim=width)
+
+
+def _source(spec: BackboneSpec, weights: str | None) -> str:
+    """Where ``spec``'s weights come from: ``weights``, else its hub id; converted backbones have none."""
+    if weights is None and spec.converted:
+        raise WeightsNotFoundError(f"{spec.name} has no transformers checkpoint to download: convert its open_clip "
+                                   f"weights (a .safetensors file) with `zsad convert-openclip FILE --out DIR` and "
+                                   f"pass --weights DIR")
+    return resolve_source(weights or spec.hub_id)
 
 
 def _is_random(spec: BackboneSpec, weights: str | None) -> bool:
@@ -95,7 +106,7 @@ def _is_random(spec: BackboneSpec, weights: str | None) -> bool:
 def _clip_model(spec: BackboneSpec, weights: str | None) -> CLIPModel:
     if _is_random(spec, weights):
         return tiny.seeded(lambda: CLIPModel(random_config(spec)))
-    source = resolve_source(weights or spec.hub_id)
+    source = _source(spec, weights)
     return load_model(CLIPModel, source, spec.name, load_config(source, "clip", spec.name))
 
 
@@ -104,14 +115,14 @@ def _clip_tokenizer(spec: BackboneSpec, weights: str | None) -> PreTrainedTokeni
     # random weights have no tokenizer to load.
     if spec.builtin or weights == RANDOM:
         return tiny.tiny_tokenizer()
-    return load_tokenizer(resolve_source(weights or spec.hub_id), spec.name)
+    return load_tokenizer(_source(spec, weights), spec.name)
 
 
 def _dino_model(spec: BackboneSpec, weights: str | None) -> Dinov2Model | DINOv3ViTModel:
     model_class = Dinov2Model if spec.family == "dinov2" else DINOv3ViTModel
     if _is_random(spec, weights):
         return tiny.seeded(lambda: model_class(random_config(spec)))
-    source = resolve_source(weights or spec.hub_id)
+    source = _source(spec, weights)
     return load_model(model_class, source, spec.name, load_config(source, _MODEL_TYPES[spec.family], spec.name))
 
 

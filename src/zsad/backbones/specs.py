@@ -13,8 +13,11 @@ Family = Literal["clip", "dinov2", "dinov3"]
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry. ``hub_id`` is None for the tiny models built in code; ``text_width`` is the CLIP
-    text tower's width (OpenAI's equals the joint embedding size), None for DINO and the tiny CLIP."""
+    """A registry entry. ``hub_id`` is None for the tiny models built in code and for ``converted`` ones,
+    whose weights exist only in another library's layout (``zsad convert-openclip`` writes them as a
+    transformers folder, passed as ``--weights``); ``text_width`` is the CLIP text tower's width (OpenAI's
+    equals the joint embedding size), None for DINO and the tiny CLIP; ``activation`` is the MLP's (OpenAI
+    CLIP: quick GELU; OpenCLIP's own models: exact GELU)."""
 
     name: str
     family: Family
@@ -25,10 +28,12 @@ class BackboneSpec:
     num_layers: int
     summary: str
     text_width: int | None = None
+    activation: str = "quick_gelu"
+    converted: bool = False
 
     @property
     def builtin(self) -> bool:
-        return self.hub_id is None
+        return self.hub_id is None and not self.converted
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -41,6 +46,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("clip-vit-l14-336", "clip", "openai/clip-vit-large-patch14-336", 336, 14, 1024, 24,
                      "OpenAI CLIP ViT-L/14@336, the default of the CLIP methods (often run at 518 px)",
                      text_width=768),
+        # WinCLIP's backbone: OpenCLIP ViT-B-16-plus-240 trained on LAION-400M (896-wide vision tower,
+        # 640-wide text tower and joint space, exact GELU, 240 px).
+        BackboneSpec("openclip-vit-b16-plus-240", "clip", None, 240, 16, 896, 12,
+                     "OpenCLIP ViT-B-16-plus-240 (LAION-400M), WinCLIP's backbone; weights via zsad convert-openclip",
+                     text_width=640, activation="gelu", converted=True),
         # 518 px: the native 37x37 position grid of the checkpoint (no interpolation), and the pixel count
         # the CLIP methods run at, so DINOv2 and CLIP maps are compared at equal resolution.
         BackboneSpec("dinov2-vit-l14", "dinov2", "facebook/dinov2-large", 518, 14, 1024, 24,

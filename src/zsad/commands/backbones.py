@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     for spec in BACKBONES.values():
         if spec.builtin:
             hub_id, cached = "(built in)", "-"
+        elif spec.converted:
+            hub_id, cached = "(zsad convert-openclip)", "-"
         else:
             hub_id = spec.hub_id
             cached = "yes" if isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str) else "no"
