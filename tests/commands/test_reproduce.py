@@ -113,3 +113,17 @@ def test_the_report_puts_published_measured_and_delta_side_by_side():
     text = markdown(report)
     assert "| mvtec | 4 | pixel_aupro | 95.1 | 90.0 ± 1.0 | -5.1 | 94.0 | -1.1 |" in text
     assert "2 reference draw(s) instead of 1" in text and "(reads test-set statistics)" in text
+
+
+def test_eval_reports_the_compatibility_aupro_only_when_asked(tmp_path, synthetic_root):
+    base = ["eval", "--method", "knn", "--backbone", "clip-tiny", "--image-size", "64", "--data",
+            f"mvtec:{synthetic_root}", "--shots", "1", "--seeds", "1"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--compat-metrics", "--out", str(tmp_path / "compat")]) == 0
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    compat = json.loads((tmp_path / "compat" / "results.json").read_text())
+    assert "pixel_aupro_compat" not in plain["summary"]["1"]["mean"]
+    value = compat["summary"]["1"]["mean"]["pixel_aupro_compat"]
+    exact = compat["summary"]["1"]["mean"]["pixel_aupro"]
+    assert 0 < value < 1 and exact == plain["summary"]["1"]["mean"]["pixel_aupro"]
+    assert "pixel_aupro_compat" in (tmp_path / "compat" / "results.md").read_text()

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-size", type=int, help="with --tile: compare maps and masks at this square size "
                    "(default: the images' own size)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
+    p.add_argument("--compat-metrics", action="store_true", help="also compute pixel_aupro_compat, AUPRO as the "
+                   "reference codes compute it (200 thresholds, rescaled FPR axis), to compare with published tables")
     p.add_argument("--report", action="store_true", help="also write the HTML report into --out")
     p.set_defaults(func=run)
 
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     shots = tuple(args.shots) if args.shots else ((0,) if method.zero_shot else (4,))
     config = EvalConfig(shots=shots, seeds=args.seeds, categories=tuple(args.categories) if args.categories else None,
                         batch_size=args.batch_size, precision=args.precision,
-                        tiling=tiling_from_args(args, method), eval_size=args.eval_size)
+                        tiling=tiling_from_args(args, method), eval_size=args.eval_size,
+                        compat_aupro=args.compat_metrics)
     collector = _report_collector(args)
     meta = {"method": method.name, "dataset": args.data, "checkpoint": str(args.checkpoint or ""),
             "weights": args.weights, "device": str(device), "eval": to_dict(config),
@@ -80,9 +83,10 @@ def _print_summary(console, document: dict) -> None:
 
     for k, cell in document["summary"].items():
         table = Table(title=f"{document['method']} · {k}-shot · mean over {len(cell['categories'])} categories")
-        for m in METRIC_KEYS:
+        keys = [*METRIC_KEYS, *(m for m in cell["mean"] if m not in METRIC_KEYS)]
+        for m in keys:
             table.add_column(m.replace("_", " "), justify="right")
-        table.add_row(*[_fmt(cell["mean"][m], cell["std"][m], k) for m in METRIC_KEYS])
+        table.add_row(*[_fmt(cell["mean"][m], cell["std"][m], k) for m in keys])
         console.print(table)
 
 

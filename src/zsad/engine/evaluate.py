@@ -40,6 +40,7 @@ from zsad.engine.predict import MethodScorer
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.metrics import METRIC_KEYS, compute_metrics
+from zsad.metrics.compat import COMPAT_AUPRO, aupro_compat
 from zsad.runtime import autocast
 from zsad.tiling import Tiling
 
@@ -53,6 +54,7 @@ class EvalConfig:
     precision: str = "fp32"
     tiling: Tiling | None = None
     eval_size: int | None = None  # tiled runs: metrics at this square size; None: the images' own size
+    compat_aupro: bool = False  # also the reference codes' AUPRO (metrics.compat), as "pixel_aupro_compat"
 
     def __post_init__(self) -> None:
         check_range("seeds", self.seeds, 1)
@@ -219,6 +221,8 @@ class Evaluator:
         has_masks = self.dataset.has_masks(run.category)
         metrics = compute_metrics(image_scores, labels, anomaly_maps if has_masks else None,
                                   mask_array if has_masks else None)
+        if self.config.compat_aupro:
+            metrics[COMPAT_AUPRO] = aupro_compat(anomaly_maps, mask_array) if has_masks else float("nan")
         references = [str(r.image_path) for r in ref_records]
         if self.on_predictions:
             self.on_predictions(CategoryPredictions(run, [str(r.image_path) for r in records], labels,
@@ -229,26 +233,33 @@ class Evaluator:
         return sum(len(self.dataset.records(r.category, "test")) for r in runs)
 
 
+def metric_keys(results: list[RunResult]) -> tuple[str, ...]:
+    """:data:`METRIC_KEYS`, then any further metric the runs computed (the compatibility AUPRO)."""
+    extra = dict.fromkeys(k for r in results for k in r.metrics if k not in METRIC_KEYS)
+    return (*METRIC_KEYS, *extra)
+
+
 def summarize(results: list[RunResult]) -> dict[str, Any]:
     """Per k: per-category means over seeds, the mean over categories per seed, mean ± std over seeds."""
     summary: dict[str, Any] = {}
+    keys = metric_keys(results)
     for k in sorted({r.shots for r in results}):
         cell = [r for r in results if r.shots == k]
         categories = sorted({r.category for r in cell})
         seeds = sorted({r.seed for r in cell}, key=lambda s: -1 if s is None else s)
         per_seed = {
-            str(s): {m: _nanmean([r.metrics[m] for r in cell if r.seed == s]) for m in METRIC_KEYS} for s in seeds
+            str(s): {m: _nanmean([r.metrics[m] for r in cell if r.seed == s]) for m in keys} for s in seeds
         }
         per_category: dict[str, Any] = {}
         for c in categories:
             rows = [r.metrics for r in cell if r.category == c]
             per_category[c] = {
-                "mean": {m: _nanmean([row[m] for row in rows]) for m in METRIC_KEYS},
-                "std": {m: _nanstd([row[m] for row in rows]) for m in METRIC_KEYS},
+                "mean": {m: _nanmean([row[m] for row in rows]) for m in keys},
+                "std": {m: _nanstd([row[m] for row in rows]) for m in keys},
             }
         summary[str(k)] = {
-            "mean": {m: _nanmean([v[m] for v in per_seed.values()]) for m in METRIC_KEYS},
-            "std": {m: _nanstd([v[m] for v in per_seed.values()]) for m in METRIC_KEYS},
+            "mean": {m: _nanmean([v[m] for v in per_seed.values()]) for m in keys},
+            "std": {m: _nanstd([v[m] for v in per_seed.values()]) for m in keys},
             "per_seed": per_seed,
             "per_category": per_category,
             "seeds": [s for s in seeds],
@@ -274,14 +285,16 @@ def results_document(results: list[RunResult], meta: dict[str, Any]) -> dict[str
 def results_markdown(document: dict[str, Any]) -> str:
     """A readable table per k: categories × metrics in percent, mean ± std over seeds, then the mean row."""
     lines = [f"# {document.get('method', '?')} on {document.get('dataset', '?')}", ""]
-    header = "| category | " + " | ".join(METRIC_KEYS) + " |"
-    rule = "|---|" + "---:|" * len(METRIC_KEYS)
+    first = next(iter(document["summary"].values()), {"mean": {}})
+    keys = [*METRIC_KEYS, *(k for k in first["mean"] if k not in METRIC_KEYS)]
+    header = "| category | " + " | ".join(keys) + " |"
+    rule = "|---|" + "---:|" * len(keys)
     for k, cell in document["summary"].items():
         lines += [f"## {k}-shot" + ("" if k == "0" else f" ({len(cell['seeds'])} seeds, mean ± std)"), "", header, rule]
         for category, stats in cell["per_category"].items():
-            cells = " | ".join(_pct(stats["mean"][m], stats["std"][m], k) for m in METRIC_KEYS)
+            cells = " | ".join(_pct(stats["mean"][m], stats["std"][m], k) for m in keys)
             lines.append(f"| {category} | {cells} |")
-        lines.append("| **mean** | " + " | ".join(_pct(cell["mean"][m], cell["std"][m], k) for m in METRIC_KEYS) + " |")
+        lines.append("| **mean** | " + " | ".join(_pct(cell["mean"][m], cell["std"][m], k) for m in keys) + " |")
         lines.append("")
     return "\n".join(lines)
 

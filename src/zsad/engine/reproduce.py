@@ -21,20 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from zsad.backbones import get_spec
 from zsad.config import to_dict
 from zsad.data import AnomalyDataset
 from zsad.engine.build import build_method
-from zsad.engine.evaluate import CategoryPredictions, EvalConfig, evaluate, write_results
+from zsad.engine.evaluate import EvalConfig, evaluate, write_results
 from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
 from zsad.errors import ConfigError
 from zsad.methods import method_class
-from zsad.metrics.compat import aupro_compat
 from zsad.protocols import Flavour, Protocol
 
-COMPAT_AUPRO = "pixel_aupro_compat"
 _log = logging.getLogger("zsad")
 
 
@@ -70,8 +67,8 @@ class Deviations:
 
 @dataclass
 class Reproduction:
-    """What :func:`reproduce` measured: per target, the results document of its evaluation (with the
-    compatibility AUPRO added to each shot's summary), and which auxiliary model it used."""
+    """What :func:`reproduce` measured: per target, the results document of its evaluation (the
+    compatibility AUPRO included), and which auxiliary model it used."""
 
     protocol: Protocol
     flavour: Flavour
@@ -118,13 +115,12 @@ def reproduce(protocol: Protocol, flavour: Flavour, datasets: dict[str, AnomalyD
                               image_size=deviations.image_size or protocol.image_size,
                               overrides=_evaluation_overrides(protocol, flavour, target, auxiliary, deviations),
                               device=device)
-        compat = _CompatAupro()
-        config = EvalConfig(shots=protocol.shots, seeds=seeds, batch_size=batch_size, precision=precision)
+        config = EvalConfig(shots=protocol.shots, seeds=seeds, batch_size=batch_size, precision=precision,
+                            compat_aupro=True)
         meta = {"paper": protocol.paper, "protocol": flavour, "method": protocol.method, "dataset": target,
                 "auxiliary": auxiliary, "checkpoint": str(checkpoint or ""), "method_config": to_dict(method.config),
                 "eval": to_dict(config)}
-        document = evaluate(method, datasets[target], config, meta, on_predictions=compat)
-        compat.add_to(document)
+        document = evaluate(method, datasets[target], config, meta)
         write_results(out / "eval" / target, document)
         results[target], used[target] = document, auxiliary
     not_run = [t for t in protocol.targets if t not in datasets]
@@ -196,28 +192,3 @@ def _train(protocol: Protocol, flavour: Flavour, auxiliary: str, dataset: Anomal
         previous = stage_folder
     assert previous is not None
     return previous
-
-
-class _CompatAupro:
-    """Collects the reference codes' AUPRO (:func:`~zsad.metrics.compat.aupro_compat`) per evaluated run and
-    adds it to the results document, averaged like the exact metrics: over categories per seed, then
-    mean ± std over seeds."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[int, int | None], list[float]] = {}
-
-    def __call__(self, predictions: CategoryPredictions) -> None:
-        value = aupro_compat(predictions.maps, predictions.masks) if predictions.masks.any() else float("nan")
-        self.values.setdefault((predictions.run.shots, predictions.run.seed), []).append(value)
-
-    def add_to(self, document: dict[str, Any]) -> None:
-        for k, cell in document["summary"].items():
-            per_seed = [_nanmean(v) for (shots, _), v in self.values.items() if str(shots) == k]
-            finite = [v for v in per_seed if np.isfinite(v)]
-            cell["mean"][COMPAT_AUPRO] = float(np.mean(finite)) if finite else float("nan")
-            cell["std"][COMPAT_AUPRO] = float(np.std(finite)) if finite else float("nan")
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")

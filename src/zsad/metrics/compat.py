@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+COMPAT_AUPRO = "pixel_aupro_compat"  # its name in results, next to the exact "pixel_aupro"
 _EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 

@@ -15,8 +15,9 @@ import math
 from typing import Any
 
 from zsad import io
-from zsad.engine.reproduce import COMPAT_AUPRO, Reproduction
+from zsad.engine.reproduce import Reproduction
 from zsad.metrics import METRIC_KEYS
+from zsad.metrics.compat import COMPAT_AUPRO
 
 
 def side_by_side(reproduction: Reproduction) -> dict[str, Any]:
