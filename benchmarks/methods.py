@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--methods", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

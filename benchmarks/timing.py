@@ -1,5 +1,7 @@
 """Timing that holds on a noisy machine: the candidates run interleaved (A B A B ...) after a warm-up,
-so machine noise lands on all of them alike, and ratios are taken per round before the median.
+so machine noise lands on all of them alike, and ratios are taken per round before the median. A
+candidate faster than ``min_seconds`` is called several times per timed sample (as ``timeit`` does),
+so millisecond calls are not measured at the resolution of scheduler noise.
 
     from timing import interleaved, ratio_stats
     times = interleaved({"method": run_method, "backbone": run_backbone}, repeats=5)
@@ -8,6 +10,7 @@ so machine noise lands on all of them alike, and ratios are taken per round befo
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -21,19 +24,28 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 5,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each candidate per round: ``warmup`` untimed rounds, then ``repeats`` timed rounds in
-    which every candidate runs once, in the same order each round."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for round_ in range(warmup + repeats):
+def _seconds(fn: Callable[[], object], number: int) -> float:
+    _sync()
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    _sync()
+    return (time.perf_counter() - start) / number
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                min_seconds: float = 0.2) -> dict[str, list[float]]:
+    """Seconds per call of each candidate per round: ``warmup`` untimed rounds (which also fix how many
+    calls make one sample of at least ``min_seconds``), then ``repeats`` timed rounds in which every
+    candidate is sampled once, in the same order each round."""
+    numbers = dict.fromkeys(candidates, 1)
+    for _ in range(warmup):
         for name, fn in candidates.items():
-            _sync()
-            start = time.perf_counter()
-            fn()
-            _sync()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+            numbers[name] = max(1, math.ceil(min_seconds / max(_seconds(fn, 1), 1e-9)))
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            times[name].append(_seconds(fn, numbers[name]))
     return times
 
 

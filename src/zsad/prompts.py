@@ -53,6 +53,23 @@ WINCLIP = PromptSet(
     ),
 )
 
+# WinCLIP's own ensemble, from its paper's supplementary material: the same states, and 22 templates
+# written for inspection photos (the 35 above are CLIP's ImageNet templates, as APRIL-GAN's code uses).
+WINCLIP_PAPER = PromptSet(
+    normal_states=WINCLIP.normal_states,
+    anomalous_states=WINCLIP.anomalous_states,
+    templates=(
+        "a cropped photo of the {}.", "a cropped photo of a {}.", "a close-up photo of a {}.",
+        "a close-up photo of the {}.", "a bright photo of a {}.", "a bright photo of the {}.",
+        "a dark photo of the {}.", "a dark photo of a {}.", "a jpeg corrupted photo of a {}.",
+        "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.", "a blurry photo of a {}.",
+        "a photo of a {}.", "a photo of the {}.", "a photo of a small {}.", "a photo of the small {}.",
+        "a photo of a large {}.", "a photo of the large {}.", "a photo of the {} for visual inspection.",
+        "a photo of a {} for visual inspection.", "a photo of the {} for anomaly detection.",
+        "a photo of a {} for anomaly detection.",
+    ),
+)
+
 # MoECLIP's smaller set (METHODS.md §4).
 MOECLIP = PromptSet(
     normal_states=("{}", "a {}", "the {}"),

@@ -238,3 +238,17 @@ def test_cli_trains_resumes_exactly_and_evaluates_from_the_checkpoint(synthetic_
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", f"mvtec:{unseen_synthetic_root}",
                      "--shots", "1", "--seeds", "1", "--out", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "results.json").is_file()
+
+
+def test_inference_lookup_takes_the_sparse_product_and_matches_the_dense_one():
+    from zsad.methods.dictas.lookup import sparse_weighted_sum
+    from zsad.methods.sparsemax import sparsemax
+
+    torch.manual_seed(0)
+    queries, keys, values = torch.randn(2, 50, 16), torch.randn(1, 300, 16), torch.randn(1, 300, 16)
+    weights = sparsemax(torch.randn(2, 50, 300) * 4)
+    assert torch.allclose(sparse_weighted_sum(weights, values[0]), weights @ values, atol=1e-5)
+    with torch.inference_mode():
+        fast = lookup(queries, keys, values, "sparse")  # the sparse product
+    dense = lookup(queries, keys, values, "sparse")  # gradients enabled: the dense product
+    assert torch.allclose(fast, dense, atol=1e-5)

@@ -202,3 +202,16 @@ def test_aprilgan_with_mosaics_trains_on_live_images():
     losses = method.training_loss(batch)
     losses["loss"].backward()
     assert all(p.grad is not None for p in method.heads.parameters())
+
+
+# --- WinCLIP --------------------------------------------------------------------------------------------
+def test_winclip_paper_prompts_are_its_22_inspection_templates():
+    from zsad.prompts import WINCLIP, WINCLIP_PAPER, sentences
+
+    assert len(WINCLIP_PAPER.templates) == 22 and len(set(WINCLIP_PAPER.templates)) == 22
+    assert "a photo of a {} for anomaly detection." in WINCLIP_PAPER.templates
+    assert len(sentences(WINCLIP_PAPER, "screw", "anomalous")) == 5 * 22
+    default, paper = tiny("winclip"), tiny("winclip", prompts="paper")
+    default.prepare("screw", None)
+    paper.prepare("screw", None)
+    assert not torch.allclose(default.anchors, paper.anchors) and WINCLIP.templates != WINCLIP_PAPER.templates

@@ -11,11 +11,12 @@ through the transformer as short sequences in one batched pass, chunked by ``win
 
 **Zero-shot (WinCLIP).** The whole image and every window get an anomalous probability
 ``softmax(logit_scale · cos(e, [t_normal, t_anomalous]))[1]`` against the WinCLIP text ensemble for the
-class name. For each window size, a patch's score is the harmonic mean over the windows covering it; the
-patch map is then the harmonic mean of those per-size maps and the whole-image probability (anomalib's
-two-stage order, which weighs every scale equally however many windows cover a patch). The harmonic
-mean is dominated by the smallest value, so a patch is anomalous only if every view of it agrees. The
-image score is the whole-image probability.
+class name (its states in CLIP's 35 templates by default, as APRIL-GAN's code; ``prompts="paper"`` uses
+the 22 inspection templates of the WinCLIP paper's supplement). For each window size, a patch's score is
+the harmonic mean over the windows covering it; the patch map is then the harmonic mean of those per-size
+maps and the whole-image probability (anomalib's two-stage order, which weighs every scale equally
+however many windows cover a patch). The harmonic mean is dominated by the smallest value, so a patch is
+anomalous only if every view of it agrees. The image score is the whole-image probability.
 
 **Few-shot (WinCLIP+).** The memory holds the k references' patch tokens from the last block, projected
 into the joint space (anomalib compares them after ``post_layernorm`` but before the projection; we
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -39,7 +41,7 @@ from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability
 from zsad.methods.maps import harmonic_mean, min_cosine_distance
-from zsad.prompts import WINCLIP, text_anchors
+from zsad.prompts import WINCLIP, WINCLIP_PAPER, text_anchors
 
 
 @dataclass
@@ -50,6 +52,7 @@ class WinClipConfig(MethodConfig):
     image_size: int = 240
     window_sizes: tuple[int, ...] = (2, 3)  # window sides in patches, stride 1
     logit_scale: float = 100.0  # CLIP's learned scale (METHODS.md §2); anomalib uses 1 / 0.07
+    prompts: Literal["clip", "paper"] = "clip"  # CLIP's 35 templates (as APRIL-GAN) or WinCLIP's own 22
     windows_per_pass: int = 2048  # windows run through the transformer at once: bounds activation memory
     chunk_size: int = 4096  # memory rows compared at once in the nearest-neighbour search
     reference_batch_size: int = 8
@@ -103,7 +106,8 @@ class WinClip(Method):
 
     def prepare(self, class_name: str, references: Tensor | None) -> None:
         """Text anchors for the class; for k > 0, the memory of reference patches and windows."""
-        self.anchors = text_anchors(self.backbone.text, class_name, WINCLIP)
+        prompt_set = WINCLIP_PAPER if self.config.prompts == "paper" else WINCLIP
+        self.anchors = text_anchors(self.backbone.text, class_name, prompt_set)
         self.patch_memory, self.window_memory = None, []
         if references is None or len(references) == 0:
             return

@@ -317,7 +317,8 @@ class DictAS(Method):
         distances = torch.stack([(1 - F.cosine_similarity(f, r, dim=-1)) / 2 for pairs in results for f, r in pairs], 1)
         size = images.shape[-2:]
         sigma = sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE)
-        anomaly_map = self.blur(self.upsample(distances.view(b, -1, h, w), size).mean(1), sigma)
+        # Bilinear upsampling is linear: averaging on the patch grid first gives the same map for 1/L·S of the work.
+        anomaly_map = self.blur(self.upsample(distances.view(b, -1, h, w).mean(1), size), sigma)
         map_score = anomaly_map.flatten(1).amax(1)
         text_score = self._text_score(features.global_embedding)
         parts = {"map": map_score} if text_score is None else {"map": map_score, "text": text_score}
