@@ -215,3 +215,13 @@ def test_winclip_paper_prompts_are_its_22_inspection_templates():
     default.prepare("screw", None)
     paper.prepare("screw", None)
     assert not torch.allclose(default.anchors, paper.anchors) and WINCLIP.templates != WINCLIP_PAPER.templates
+
+
+def test_zsad_eval_reads_a_dictas_checkpoint_at_other_layers(tmp_path, synthetic_root):
+    from zsad.cli import main
+
+    trained = tiny("dictas")
+    save_checkpoint(tmp_path / "checkpoint", "dictas", to_dict(trained.config), trained.method_state_dict())
+    assert main(["eval", "--checkpoint", str(tmp_path / "checkpoint"), "--set", "layers=2,4", "--data",
+                 f"mvtec:{synthetic_root}", "--shots", "1", "--seeds", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "results.json").is_file()
