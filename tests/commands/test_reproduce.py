@@ -127,3 +127,19 @@ def test_eval_reports_the_compatibility_aupro_only_when_asked(tmp_path, syntheti
     exact = compat["summary"]["1"]["mean"]["pixel_aupro"]
     assert 0 < value < 1 and exact == plain["summary"]["1"]["mean"]["pixel_aupro"]
     assert "pixel_aupro_compat" in (tmp_path / "compat" / "results.md").read_text()
+
+
+def test_a_given_checkpoint_is_evaluated_on_its_own_backbone(tmp_path, synthetic_root):
+    from zsad.config import to_dict
+    from zsad.engine.build import build_method
+    from zsad.engine.checkpoint import save_checkpoint
+
+    trained = build_method("dictas", backbone="clip-tiny", image_size=64)
+    save_checkpoint(tmp_path / "checkpoint", "dictas", to_dict(trained.config), trained.method_state_dict())
+    out = tmp_path / "out"
+    assert main(["reproduce", "dictas", "--data", f"mvtec=mvtec:{synthetic_root}", "--checkpoint",
+                 str(tmp_path / "checkpoint"), "--image-size", "64", "--seeds", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "reproduce.json").read_text())
+    assert any(d.startswith("backbone clip-tiny instead of clip-vit-l14-336") for d in report["deviations"])
+    assert any(d.startswith("no training") for d in report["deviations"]) and not (out / "train").exists()
+    assert report["auxiliary"] == {"mvtec": None}

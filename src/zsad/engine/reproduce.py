@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from zsad.backbones import get_spec
 from zsad.config import to_dict
 from zsad.data import AnomalyDataset
 from zsad.engine.build import build_method
+from zsad.engine.checkpoint import read_config
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
 from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
 from zsad.errors import ConfigError
@@ -93,6 +94,8 @@ def reproduce(protocol: Protocol, flavour: Flavour, datasets: dict[str, AnomalyD
     if not targets:
         raise ConfigError(f"{protocol.paper}: give at least one target dataset as --data NAME=FORMAT:PATH "
                           f"(targets: {', '.join(protocol.targets)})")
+    if deviations.checkpoint and not deviations.backbone:  # its weights belong to the backbone it was trained on
+        deviations = replace(deviations, backbone=read_config(deviations.checkpoint)["config"]["backbone"])
     settings = protocol.flavours[flavour]
     seeds = deviations.seeds or settings["seeds"]
     results, used = {}, {}
