@@ -79,11 +79,9 @@ def _report_collector(args: argparse.Namespace):
 def _print_summary(console, document: dict) -> None:
     from rich.table import Table
 
-    from zsad.metrics import METRIC_KEYS
-
     for k, cell in document["summary"].items():
         table = Table(title=f"{document['method']} · {k}-shot · mean over {len(cell['categories'])} categories")
-        keys = [*METRIC_KEYS, *(m for m in cell["mean"] if m not in METRIC_KEYS)]
+        keys = list(cell["mean"])  # METRIC_KEYS, then the compatibility metrics (see summarize)
         for m in keys:
             table.add_column(m.replace("_", " "), justify="right")
         table.add_row(*[_fmt(cell["mean"][m], cell["std"][m], k) for m in keys])

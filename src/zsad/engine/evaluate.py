@@ -285,8 +285,8 @@ def results_document(results: list[RunResult], meta: dict[str, Any]) -> dict[str
 def results_markdown(document: dict[str, Any]) -> str:
     """A readable table per k: categories × metrics in percent, mean ± std over seeds, then the mean row."""
     lines = [f"# {document.get('method', '?')} on {document.get('dataset', '?')}", ""]
-    first = next(iter(document["summary"].values()), {"mean": {}})
-    keys = [*METRIC_KEYS, *(k for k in first["mean"] if k not in METRIC_KEYS)]
+    first = next(iter(document["summary"].values()), {"mean": dict.fromkeys(METRIC_KEYS)})
+    keys = list(first["mean"])  # summarize orders them: METRIC_KEYS, then the compatibility metrics
     header = "| category | " + " | ".join(keys) + " |"
     rule = "|---|" + "---:|" * len(keys)
     for k, cell in document["summary"].items():

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-
 from zsad.backbones import get_spec
 from zsad.config import to_dict
 from zsad.data import AnomalyDataset
@@ -164,8 +163,6 @@ def _evaluation_overrides(protocol: Protocol, flavour: Flavour, target: str, aux
     settings = protocol.flavours[flavour]
     config = {**_method_config(protocol, flavour, auxiliary), **settings["evaluate"],
               **settings["per_target"].get(target, {})}
-    if not protocol.trains or deviations.checkpoint:  # no training run set the config: the whole of it applies
-        config = {**_method_config(protocol, flavour, auxiliary), **config}
     return [*_as_overrides(config, protocol, _backbone(protocol, deviations)), *deviations.overrides]
 
 

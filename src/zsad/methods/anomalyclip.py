@@ -38,7 +38,7 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anchor_logits, anomalous_probability, segmentation_loss
-from zsad.methods.maps import anchor_map, anchor_probabilities, sigma_for
+from zsad.methods.maps import anchor_map, sigma_for
 
 SIGMA_REFERENCE_SIZE = 518  # the input size at which the paper's sigma is given
 
@@ -152,8 +152,7 @@ class AnomalyClip(Method):
         grid = self.backbone.grid_for(*size)
         patches = features["patch_tokens"]
         segmentation = sum(
-            segmentation_loss(anchor_probabilities(patches[:, i], text, grid, size, scale, softmax_first=True,
-                                                   align_corners=self.config.align_corners),
+            segmentation_loss(self.anchor_probabilities(patches[:, i], text, grid, size, scale, softmax_first=True),
                               batch.masks, self.config.normal_dice)
             for i in range(patches.shape[1])
         )
@@ -172,8 +171,8 @@ class AnomalyClip(Method):
         size = tuple(images.shape[-2:])
         scale = 1 / self.config.temperature
         anomaly_map = sum(
-            anchor_map(anchor_probabilities(patches[:, i], self.text_features, grid, size, scale,
-                                            softmax_first=True, align_corners=self.config.align_corners).movedim(1, -1))
+            anchor_map(self.anchor_probabilities(patches[:, i], self.text_features, grid, size, scale,
+                                                 softmax_first=True).movedim(1, -1))
             for i in range(patches.shape[1])
         )
         anomaly_map = self.blur(anomaly_map, sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE))

@@ -31,7 +31,7 @@ from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability, segmentation_losses
-from zsad.methods.maps import anchor_probabilities, minmax
+from zsad.methods.maps import minmax
 from zsad.methods.memory import PatchMemory, reference_tokens
 from zsad.methods.mosaic import mosaic_batch
 from zsad.synthesis import batch_generator
@@ -76,8 +76,7 @@ class AprilGan(Method):
     def anomaly_probabilities(self, tokens: Tensor, anchors: Tensor, grid: tuple[int, int],
                               size: tuple[int, int]) -> Tensor:
         """Per-layer (normal, anomalous) probabilities ``[B, L, 2, H, W]`` of raw tokens ``[B, L, N, C]``."""
-        return torch.stack([anchor_probabilities(head(tokens[:, i]), anchors, grid, size, self.config.logit_scale,
-                                                 align_corners=self.config.align_corners)
+        return torch.stack([self.anchor_probabilities(head(tokens[:, i]), anchors, grid, size, self.config.logit_scale)
                             for i, head in enumerate(self.heads)], 1)
 
     # --- training ---------------------------------------------------------------------------------------

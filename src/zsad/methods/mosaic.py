@@ -25,8 +25,7 @@ def mosaic_batch(images: Tensor, masks: Tensor, categories: list[str], prob: flo
         return images, masks
     h, w = images.shape[-2:]
     top, left = h // 2, w // 2
-    images, masks = images.clone(), masks.clone()
-    sources_images, sources_masks = images.clone(), masks.clone()
+    mosaics, mosaic_masks = images.clone(), masks.clone()
     for i in torch.nonzero(chosen).flatten().tolist():
         pool = [j for j, c in enumerate(categories) if c == categories[i]]
         picks = [pool[int(k)] for k in torch.randint(len(pool), (4,), generator=generator)]
@@ -34,8 +33,8 @@ def mosaic_batch(images: Tensor, masks: Tensor, categories: list[str], prob: flo
             rows = slice(0, top) if tile < 2 else slice(top, h)
             cols = slice(0, left) if tile % 2 == 0 else slice(left, w)
             size = (rows.stop - rows.start, cols.stop - cols.start)
-            images[i, :, rows, cols] = F.interpolate(sources_images[j : j + 1].float(), size=size, mode="bilinear",
-                                                     align_corners=False, antialias=True)[0].to(images.dtype)
-            masks[i, rows, cols] = F.interpolate(sources_masks[j : j + 1, None].float(), size=size,
-                                                 mode="nearest")[0, 0].to(masks.dtype)
-    return images, masks
+            mosaics[i, :, rows, cols] = F.interpolate(images[j : j + 1].float(), size=size, mode="bilinear",
+                                                      align_corners=False, antialias=True)[0].to(images.dtype)
+            mosaic_masks[i, rows, cols] = F.interpolate(masks[j : j + 1, None].float(), size=size,
+                                                        mode="nearest")[0, 0].to(masks.dtype)
+    return mosaics, mosaic_masks

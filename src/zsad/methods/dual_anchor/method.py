@@ -78,7 +78,7 @@ from zsad.methods.dual_anchor.grouping import Grouping, HierarchicalGroupMerging
 from zsad.methods.dual_anchor.prompts import DynamicStatePrompts
 from zsad.methods.dual_anchor.refiner import GroupGatedRefiner
 from zsad.methods.losses import anchor_logits, segmentation_losses
-from zsad.methods.maps import anchor_map, anchor_probabilities, mask_fractions, sigma_for, tokens_to_grid
+from zsad.methods.maps import anchor_map, mask_fractions, sigma_for, tokens_to_grid
 
 SIGMA_REFERENCE_SIZE = 518  # σ is given at the paper's input size
 PAPER_TEXT_BACKBONE = "clip-vit-l14-336"
@@ -227,8 +227,7 @@ class DualAnchor(Method):
             global_token = self.refiner(global_token, grouping.groups)
         anchors = self._anchors(class_names, grouping.groups)
         scale = 1 / self.config.temperature
-        maps = [anchor_probabilities(tokens[:, i], anchors, grid, size, scale, softmax_first=True,
-                                     align_corners=self.config.align_corners)
+        maps = [self.anchor_probabilities(tokens[:, i], anchors, grid, size, scale, softmax_first=True)
                 for i in range(tokens.shape[1])]
         if self.config.assignment_map:
             maps.append(self.upsample(tokens_to_grid(grouping.assignment, grid), size))

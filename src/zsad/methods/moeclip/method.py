@@ -59,7 +59,7 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anchor_logits, segmentation_loss
-from zsad.methods.maps import anchor_map, anchor_probabilities, minmax, neighbourhood_mean, tokens_to_grid
+from zsad.methods.maps import anchor_map, minmax, neighbourhood_mean, tokens_to_grid
 from zsad.methods.moeclip.augment import RigidAugmentation
 from zsad.methods.moeclip.experts import LoRAMixture
 from zsad.methods.moeclip.heads import GlobalHead, PatchHeads, TextHead
@@ -222,8 +222,8 @@ class MoECLIP(Method):
         image = F.cross_entropy(image_logits.float(), batch.labels.long())
         size = tuple(masks.shape[-2:])
         segmentation = sum(
-            segmentation_loss(anchor_probabilities(p, anchors, adapted.grid, size, self.config.map_logit_scale,
-                                                   align_corners=self.config.align_corners), masks)
+            segmentation_loss(self.anchor_probabilities(p, anchors, adapted.grid, size, self.config.map_logit_scale),
+                              masks)
             for p in patches
         )
         zero = image.new_zeros(())

@@ -52,7 +52,7 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.losses import anomalous_probability, image_cross_entropy, segmentation_losses
-from zsad.methods.maps import anchor_map, anchor_probabilities, sigma_for
+from zsad.methods.maps import anchor_map, sigma_for
 from zsad.methods.spg.guides import GuideCodes
 from zsad.methods.spg.sae import TopKSAE
 
@@ -168,9 +168,8 @@ class SPG(Method):
         codes = self.codes()
         guides = codes @ self.sae.dictionary
         size = masks.shape[-2:]
-        probs = anchor_probabilities(tokens, guides[2:], self.backbone.grid_for(*size), size,
-                                     scale=1 / config.temperature, softmax_first=True,
-                                     align_corners=config.align_corners)
+        probs = self.anchor_probabilities(tokens, guides[2:], self.backbone.grid_for(*size), size,
+                                          scale=1 / config.temperature, softmax_first=True)
         parts = {
             "ce": image_cross_entropy(cls, guides[:2], labels, scale=1 / config.global_train_temperature),
             **segmentation_losses(probs, masks, config.normal_dice),
@@ -205,9 +204,8 @@ class SPG(Method):
         features = self.frozen_features(images)
         guides = self.guides(averaged=True)
         size = images.shape[-2:]
-        probs = anchor_probabilities(features["tokens"], guides[2:], self.backbone.grid_for(*size), size,
-                                     scale=1 / self.config.temperature, softmax_first=True,
-                                     align_corners=self.config.align_corners)
+        probs = self.anchor_probabilities(features["tokens"], guides[2:], self.backbone.grid_for(*size), size,
+                                          scale=1 / self.config.temperature, softmax_first=True)
         sigma = sigma_for(size[0], self.config.sigma, SIGMA_REFERENCE_SIZE)
         anomaly_map = self.blur(anchor_map(probs.movedim(1, -1)), sigma)
         return Prediction(anomaly_map, self._image_score(anomaly_map, features["cls"], guides[:2]))
