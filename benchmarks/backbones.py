@@ -20,8 +20,8 @@ import torch
 from zsad.backbones import BACKBONES, build_backbone
 from timing import interleaved, ratio_stats
 from zsad.errors import WeightsNotFoundError
-from zsad.prompts import text_anchors
-from zsad.runtime import autocast, pick_device
+from zsad.methods.components.prompts import text_anchors
+from zsad.core.runtime import autocast, pick_device
 
 
 def peak_mib(extractor, images: torch.Tensor, precision: str) -> float:

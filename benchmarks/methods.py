@@ -36,7 +36,7 @@ from timing import interleaved, ratio_stats
 from zsad.data.types import Batch
 from zsad.engine.build import build_method
 from zsad.methods import available_methods
-from zsad.runtime import autocast, pick_device
+from zsad.core.runtime import autocast, pick_device
 
 
 def _training_images_per_s(method, images: torch.Tensor, device: torch.device, steps: int, precision: str) -> float:

@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 
 from zsad.engine.build import build_method
-from zsad.calibration import IMAGE_RULE, PIXEL_RULE
-from zsad.engine.predict import MethodScorer
-from zsad.prediction import PredictConfig, Predictor, calibrate
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE
+from zsad.engine.scorer import MethodScorer
+from zsad.inference.folder import PredictConfig, Predictor, calibrate
 
 
 def texture(seed: int, size: int) -> np.ndarray:

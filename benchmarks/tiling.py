@@ -21,8 +21,8 @@ import torch
 
 from timing import interleaved
 from zsad.engine.build import build_method
-from zsad.engine.predict import MethodScorer
-from zsad.tiling import Tiling
+from zsad.engine.scorer import MethodScorer
+from zsad.inference.tiling import Tiling
 
 
 def woven(height: int, width: int, seed: int) -> np.ndarray:

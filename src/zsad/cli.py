@@ -15,7 +15,7 @@ from pathlib import Path
 
 from zsad import __version__
 from zsad.errors import ZsadError
-from zsad.io import check_output_dir
+from zsad.core.io import check_output_dir
 
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
             "serve", "export", "reproduce", "convert-openclip")

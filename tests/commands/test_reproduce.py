@@ -8,11 +8,11 @@ import pytest
 
 from zsad.cli import main
 from zsad.config import with_overrides
-from zsad.engine.reproduce import Deviations, Reproduction, _scaled_layers
+from zsad.engine.reproduction import Deviations, Reproduction, _scaled_layers
 from zsad.methods import method_class
 from zsad.metrics import METRIC_KEYS
 from zsad.protocols import PAPERS, Protocol
-from zsad.report.reproduce import markdown, side_by_side
+from zsad.report.published import markdown, side_by_side
 
 TINY = {"spg": "dino-tiny"}  # every other paper runs on clip-tiny
 

@@ -12,12 +12,12 @@ from PIL import Image
 from torch import Tensor
 
 from zsad.cli import main
-from zsad.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
-from zsad.engine.predict import MethodScorer, predict_images
-from zsad.prediction import PredictConfig, list_files, overlay_names
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
+from zsad.engine.scorer import MethodScorer, predict_images
+from zsad.inference.folder import PredictConfig, list_files, overlay_names
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig, Prediction
-from zsad.overlay import GAP, PREDICTED_COLOUR
+from zsad.inference.overlay import GAP, PREDICTED_COLOUR
 
 from fakes import ColourDistance, NoBackbone
 

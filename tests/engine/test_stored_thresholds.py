@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from zsad.cli import main
-from zsad.calibration import calibrate_on_held_out
+from zsad.inference.calibration import calibrate_on_held_out
 from zsad.engine.train import TrainConfig, hold_out_for_calibration
 from zsad.data import open_dataset
 from zsad.errors import ConfigError

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from zsad.engine.build import build_method
-from zsad.engine.predict import MethodScorer
+from zsad.engine.scorer import MethodScorer
 from zsad.metrics import auroc
-from zsad.tiling import Tiling
+from zsad.inference.tiling import Tiling
 
 TILE = 224  # clip-tiny's input size: --tile auto
 

@@ -88,7 +88,7 @@ def test_openvino_runs_the_same_model(tmp_path):
 
 
 def test_runtime_resize_equals_pytorch_bilinear():
-    from zsad.methods.maps import upsample
+    from zsad.methods.components.maps import upsample
 
     rng = np.random.default_rng(0)
     for shape, size in [((16, 16), (40, 30)), ((64, 64), (64, 64)), ((7, 9), (100, 3)), ((32, 32), (8, 8))]:
@@ -193,8 +193,8 @@ def test_bad_exports_and_bad_models_are_one_line_errors(tmp_path):
 
 
 def test_a_tiled_export_tiles_and_stitches_like_the_pytorch_path(tmp_path):
-    from zsad.engine.predict import MethodScorer
-    from zsad.tiling import Tiling
+    from zsad.engine.scorer import MethodScorer
+    from zsad.inference.tiling import Tiling
 
     torch.manual_seed(0)
     method = build_method("knn", backbone="clip-tiny", image_size=SIZE)

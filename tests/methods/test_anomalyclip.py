@@ -13,7 +13,7 @@ from zsad.engine.build import build_method
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
 from zsad.methods.anomalyclip import AnomalyClip
-from zsad.methods.losses import anchor_logits
+from zsad.methods.components.losses import anchor_logits
 from zsad.metrics import auroc
 
 SIZE = 64

@@ -16,8 +16,8 @@ from zsad.engine.evaluate import EvalConfig, evaluate
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
 from zsad.methods.aprilgan import AprilGan
-from zsad.methods.losses import anchor_logits
-from zsad.prompts import text_anchors
+from zsad.methods.components.losses import anchor_logits
+from zsad.methods.components.prompts import text_anchors
 
 SIZE = 64
 

@@ -18,7 +18,7 @@ from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError, DataError
 from zsad.methods.dictas import DictAS
 from zsad.methods.dictas.lookup import lookup
-from zsad.methods.maps import neighbourhood_mean
+from zsad.methods.components.maps import neighbourhood_mean
 from zsad.methods.dictas.pairs import occlusion_mask, reference_views
 
 SIZE = 128  # 8 x 8 patches on the tiny backbone
@@ -242,7 +242,7 @@ def test_cli_trains_resumes_exactly_and_evaluates_from_the_checkpoint(synthetic_
 
 def test_inference_lookup_takes_the_sparse_product_and_matches_the_dense_one():
     from zsad.methods.dictas.lookup import sparse_weighted_sum
-    from zsad.methods.sparsemax import sparsemax
+    from zsad.methods.components.sparsemax import sparsemax
 
     torch.manual_seed(0)
     queries, keys, values = torch.randn(2, 50, 16), torch.randn(1, 300, 16), torch.randn(1, 300, 16)

@@ -9,7 +9,7 @@ from zsad.data import open_dataset
 from zsad.engine.build import build_method
 from zsad.engine.evaluate import EvalConfig, evaluate, load_images
 from zsad.errors import DataError
-from zsad.methods.memory import PatchMemory
+from zsad.methods.components.memory import PatchMemory
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from zsad.engine.build import build_method
 from zsad.engine.checkpoint import save_checkpoint
 from zsad.errors import ConfigError
 from zsad.methods.dictas.method import rotate
-from zsad.methods.maps import gaussian_blur, upsample
-from zsad.methods.mosaic import mosaic_batch
-from zsad.prompts import MOECLIP_CODE_DESCRIPTIONS
+from zsad.methods.components.maps import gaussian_blur, upsample
+from zsad.methods.components.mosaic import mosaic_batch
+from zsad.methods.components.prompts import MOECLIP_CODE_DESCRIPTIONS
 
 
 def tiny(name: str, size: int = 64, backbone: str = "clip-tiny", **overrides: object):
@@ -206,7 +206,7 @@ def test_aprilgan_with_mosaics_trains_on_live_images():
 
 # --- WinCLIP --------------------------------------------------------------------------------------------
 def test_winclip_paper_prompts_are_its_22_inspection_templates():
-    from zsad.prompts import WINCLIP, WINCLIP_PAPER, sentences
+    from zsad.methods.components.prompts import WINCLIP, WINCLIP_PAPER, sentences
 
     assert len(WINCLIP_PAPER.templates) == 22 and len(set(WINCLIP_PAPER.templates)) == 22
     assert "a photo of a {} for anomaly detection." in WINCLIP_PAPER.templates

@@ -15,7 +15,7 @@ from zsad.engine.build import build_method, method_config
 from zsad.engine.evaluate import EvalConfig, evaluate
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
-from zsad.methods.losses import anchor_logits
+from zsad.methods.components.losses import anchor_logits
 from zsad.methods.spg import SPG, GuideCodes
 from zsad.methods.spg.explain import DecisionAttribution, atom_contributions, atom_weights, top_atoms
 

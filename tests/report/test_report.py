@@ -23,7 +23,7 @@ from zsad.methods.base import MethodConfig, Prediction
 from zsad.metrics import aupro, auroc
 from zsad.report import ReportCollector, ReportData
 from zsad.report.curves import GRIDS, interpolated_precision, on_grid, run_curves
-from zsad.overlay import heat_colours, outline
+from zsad.inference.overlay import heat_colours, outline
 
 from fakes import ColourDistance, NoBackbone
 

@@ -21,7 +21,7 @@ from zsad.backbones.hf_dino import DinoExtractor
 from zsad.backbones.specs import BACKBONES, BackboneSpec, get_spec
 from zsad.backbones.weights import load_config, load_model, load_tokenizer, resolve_source
 from zsad.errors import ConfigError, WeightsNotFoundError
-from zsad.runtime import pick_device
+from zsad.core.runtime import pick_device
 
 _MODEL_TYPES = {"clip": "clip", "dinov2": "dinov2", "dinov3": "dinov3_vit"}
 RANDOM = "random"  # the ``weights`` value that builds the architecture with seeded random weights

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import (
+from zsad.commands.common import (
     add_method_arguments, add_tiling_arguments, int_list, method_from_args, str_list, tiling_from_args,
 )
-from zsad.progress import progress_bar
+from zsad.core.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

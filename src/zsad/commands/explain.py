@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import str_list
+from zsad.commands.common import str_list
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +27,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from zsad import io
+    from zsad.core import io
     from zsad.engine.build import build_method
     from zsad.errors import ConfigError
     from zsad.methods.spg.explain import top_atoms
     from zsad.report.spg import csv_table, explanation_figure, markdown_table
-    from zsad.runtime import pick_device
+    from zsad.core.runtime import pick_device
 
     console = Console(stderr=True)
     if args.top < 1 or not 0 < args.shared_fraction <= 1:
@@ -65,7 +65,7 @@ def _drivers(method, args: argparse.Namespace, console):
     """Per-category driving atoms over the test split of ``--data``."""
     from zsad.data import open_dataset
     from zsad.engine.explain import category_drivers
-    from zsad.progress import progress_bar
+    from zsad.core.progress import progress_bar
 
     dataset = open_dataset(args.data)
     categories = args.categories or dataset.categories()

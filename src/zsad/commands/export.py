@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, add_tiling_arguments
+from zsad.commands.common import add_method_arguments, add_tiling_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.calibration import StoredThresholds
-    from zsad.cli_common import method_from_args, tiling_from_args
+    from zsad.inference.calibration import StoredThresholds
+    from zsad.commands.common import method_from_args, tiling_from_args
     from zsad.config import from_dict
     from zsad.engine.checkpoint import read_config
     from zsad.export import export_model
-    from zsad.prediction import load_references
+    from zsad.inference.folder import load_references
 
     console = Console(stderr=True, soft_wrap=True)
     method, _ = method_from_args(args)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, add_tiling_arguments, method_from_args, tiling_from_args
-from zsad.progress import progress_bar
+from zsad.commands.common import add_method_arguments, add_tiling_arguments, method_from_args, tiling_from_args
+from zsad.core.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.calibration import IMAGE_RULE, PIXEL_RULE, parse_threshold
-    from zsad.prediction import PredictConfig, list_files, predict_folder
+    from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, parse_threshold
+    from zsad.inference.folder import PredictConfig, list_files, predict_folder
 
     console = Console(stderr=True, soft_wrap=True)
     default = "auto" if args.refs else None
@@ -81,10 +81,10 @@ def _exported(args: argparse.Namespace, config):
 
 def _method(args: argparse.Namespace, config):
     """A method on the PyTorch path, resized or tiled; a checkpoint's stored thresholds without --refs."""
-    from zsad.calibration import StoredThresholds
+    from zsad.inference.calibration import StoredThresholds
     from zsad.config import from_dict
     from zsad.engine.checkpoint import read_config
-    from zsad.engine.predict import MethodScorer
+    from zsad.engine.scorer import MethodScorer
 
     method, _ = method_from_args(args)
     config.tiling = tiling_from_args(args, method)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import run_device
+from zsad.commands.common import run_device
 from zsad.protocols import PAPERS, Protocol
 
 
@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     from zsad.config import parse_override
     from zsad.data import open_dataset
-    from zsad.engine.reproduce import Deviations, reproduce
+    from zsad.engine.reproduction import Deviations, reproduce
     from zsad.errors import ConfigError
-    from zsad.report.reproduce import write_report
+    from zsad.report.published import write_report
 
     protocol = Protocol.load(args.paper)
     datasets = {}

@@ -7,7 +7,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, add_tiling_arguments
+from zsad.commands.common import add_method_arguments, add_tiling_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
-    from zsad.cli_common import method_from_args, tiling_from_args
+    from zsad.commands.common import method_from_args, tiling_from_args
     from zsad.serve import build_service
     from zsad.serve.app import create_app
     from zsad.serve.service import Limits

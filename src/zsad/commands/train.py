@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.cli_common import add_method_arguments, run_device
-from zsad.progress import progress_bar
+from zsad.commands.common import add_method_arguments, run_device
+from zsad.core.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from zsad.errors import ConfigError
     from zsad.methods import method_class
-    from zsad.runtime import seed_everything
+    from zsad.core.runtime import seed_everything
 
     if not args.method:
         raise ConfigError("give --method NAME")

@@ -9,7 +9,7 @@ PyTorch or transformers (``pip install 'zsad[deploy]'``)::
 The runtime does no method math: it resizes each image (or each tile) to the model's input size exactly
 as ``zsad predict`` does, runs the graph, resizes the map back (bilinear, half-pixel centres, as
 PyTorch's ``interpolate(align_corners=False)``) and compares the score with the artefact's thresholds.
-It is also a :class:`~zsad.calibration.Scorer`, so ``zsad predict --model`` writes the same outputs
+It is also a :class:`~zsad.inference.calibration.Scorer`, so ``zsad predict --model`` writes the same outputs
 as the PyTorch path.
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 
 from zsad import __version__
 from zsad.errors import ConfigError, DataError
-from zsad.overlay import resize_image
-from zsad.prediction import Thresholds, decision
-from zsad.tiling import Tiling, predict_tiled
+from zsad.inference.overlay import resize_image
+from zsad.inference.folder import Thresholds, decision
+from zsad.inference.tiling import Tiling, predict_tiled
 
 FORMAT = "zsad-model"
 FORMAT_VERSION = 1

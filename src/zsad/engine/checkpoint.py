@@ -32,7 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from zsad import __version__, io
+from zsad import __version__
+from zsad.core import io
 from zsad.errors import ConfigError
 
 FORMAT = "zsad-checkpoint"

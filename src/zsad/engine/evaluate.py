@@ -8,7 +8,7 @@ averaged over categories per seed, then reported as mean ± std over seeds (popu
 k = 0 is deterministic and runs once.
 
 With ``tiling``, images and references are read at their own resolution and cut into tiles at the
-method's input size (:mod:`zsad.tiling`); the stitched maps and the masks are compared at the source
+method's input size (:mod:`zsad.inference.tiling`); the stitched maps and the masks are compared at the source
 resolution, or at ``eval_size`` pixels square when given (needed when a category mixes image sizes).
 Per-image score parts are not kept under tiling, so the named test-set normalisations do not apply.
 
@@ -31,18 +31,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from zsad import io
+from zsad.core import io
 from zsad.data import AnomalyDataset, load_sample
 from zsad.data.types import Record
 from zsad.config import check_range
 from zsad.engine import distributed
-from zsad.engine.predict import MethodScorer
+from zsad.engine.scorer import MethodScorer
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
 from zsad.metrics import METRIC_KEYS, compute_metrics
 from zsad.metrics.compat import COMPAT_AUPRO, aupro_compat
-from zsad.runtime import autocast
-from zsad.tiling import Tiling
+from zsad.core.runtime import autocast
+from zsad.inference.tiling import Tiling
 
 
 @dataclass

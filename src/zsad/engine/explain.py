@@ -10,7 +10,7 @@ import torch
 from zsad.data import AnomalyDataset, make_loader
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method
-from zsad.methods.maps import mask_fractions
+from zsad.methods.components.maps import mask_fractions
 from zsad.methods.spg.explain import DecisionAttribution, Driver
 
 

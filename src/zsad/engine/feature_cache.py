@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zsad import io
+from zsad.core import io
 from zsad.data import make_loader
 from zsad.data.types import Batch, Record
 from zsad.methods.base import Method

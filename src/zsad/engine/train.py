@@ -40,11 +40,11 @@ from zsad.engine.checkpoint import (
     unflatten_state,
 )
 from zsad.engine import distributed
-from zsad.calibration import StoredThresholds, calibrate_on_held_out, pixel_sample
+from zsad.inference.calibration import StoredThresholds, calibrate_on_held_out, pixel_sample
 from zsad.engine.feature_cache import FeatureCache
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig
-from zsad.runtime import autocast, seed_everything
+from zsad.core.runtime import autocast, seed_everything
 
 
 @dataclass

@@ -17,7 +17,7 @@ holds half a model)::
 
 Operators that do not export as they run in PyTorch have exportable equivalents, each proved equal by
 the export tests: sparsemax sorts all scores instead of fetching top-k candidates on demand
-(:mod:`zsad.methods.sparsemax`); WinCLIP's window counts use ``scatter_add`` instead of ``bincount``;
+(:mod:`zsad.methods.components.sparsemax`); WinCLIP's window counts use ``scatter_add`` instead of ``bincount``;
 Dual-Anchor's per-image prompt gather is skipped for a single product; Gumbel assignment is already
 noise-free at inference; MoECLIP's top-k routing and AnomalyCLIP's value-value attention export as is.
 """
@@ -37,14 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from zsad import __version__
-from zsad.io import umask
-from zsad.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds
+from zsad.core.io import umask
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds
 from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
-from zsad.engine.predict import MethodScorer
+from zsad.engine.scorer import MethodScorer
 from zsad.errors import ConfigError
 from zsad.methods.base import Method
-from zsad.prediction import PredictConfig, calibrate
-from zsad.tiling import Tiling
+from zsad.inference.folder import PredictConfig, calibrate
+from zsad.inference.tiling import Tiling
 
 OPSET = 18
 Format = Literal["onnx", "openvino"]

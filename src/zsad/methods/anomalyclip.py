@@ -37,8 +37,8 @@ from zsad.backbones.base import FeatureExtractor, TextEncoder
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anchor_logits, anomalous_probability, segmentation_loss
-from zsad.methods.maps import anchor_map, sigma_for
+from zsad.methods.components.losses import anchor_logits, anomalous_probability, segmentation_loss
+from zsad.methods.components.maps import anchor_map, sigma_for
 
 SIGMA_REFERENCE_SIZE = 518  # the input size at which the paper's sigma is given
 

@@ -8,7 +8,7 @@ to the image and turned into per-pixel probabilities by a softmax. Training on a
 with pixel masks minimises focal + Dice(anomalous) on every layer's map, summed over layers; the
 backbone and text tower stay frozen, so the auxiliary features can be cached once. For training on
 MVTec AD the reference code also pastes 2 × 2 mosaics of same-class images at rate 0.2 (3 epochs):
-``mosaic_prob=0.2`` (:mod:`~zsad.methods.mosaic`; the features are then computed live, not cached).
+``mosaic_prob=0.2`` (:mod:`~zsad.methods.components.mosaic`; the features are then computed live, not cached).
 
 At test time the zero-shot map is the sum over layers of the anomalous probability and the image score
 is CLIP's own zero-shot classification: ``softmax(100 · cos(global embedding, anchors))[anomalous]``.
@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anomalous_probability, segmentation_losses
-from zsad.methods.maps import minmax
-from zsad.methods.memory import PatchMemory, reference_tokens
-from zsad.methods.mosaic import mosaic_batch
-from zsad.synthesis import batch_generator
-from zsad.prompts import WINCLIP, text_anchors
+from zsad.methods.components.losses import anomalous_probability, segmentation_losses
+from zsad.methods.components.maps import minmax
+from zsad.methods.components.memory import PatchMemory, reference_tokens
+from zsad.methods.components.mosaic import mosaic_batch
+from zsad.methods.components.synthesis import batch_generator
+from zsad.methods.components.prompts import WINCLIP, text_anchors
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
-from zsad.methods.maps import BorderMode, anchor_probabilities, gaussian_blur, upsample
+from zsad.methods.components.maps import BorderMode, anchor_probabilities, gaussian_blur, upsample
 
 
 @dataclass
@@ -208,16 +208,16 @@ class Method(nn.Module):
                 f"builds {list(built)}{hint}")
 
     def upsample(self, maps: Tensor, size: tuple[int, int] | int) -> Tensor:
-        """:func:`~zsad.methods.maps.upsample` with the config's ``align_corners``."""
+        """:func:`~zsad.methods.components.maps.upsample` with the config's ``align_corners``."""
         return upsample(maps, size, self.config.align_corners)
 
     def anchor_probabilities(self, tokens: Tensor, anchors: Tensor, grid: tuple[int, int],
                              size: tuple[int, int] | int, scale: float = 100.0, softmax_first: bool = False) -> Tensor:
-        """:func:`~zsad.methods.maps.anchor_probabilities` with the config's ``align_corners``."""
+        """:func:`~zsad.methods.components.maps.anchor_probabilities` with the config's ``align_corners``."""
         return anchor_probabilities(tokens, anchors, grid, size, scale, softmax_first, self.config.align_corners)
 
     def blur(self, maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
-        """:func:`~zsad.methods.maps.gaussian_blur` with the config's ``blur_mode``."""
+        """:func:`~zsad.methods.components.maps.gaussian_blur` with the config's ``blur_mode``."""
         return gaussian_blur(maps, sigma, truncate, self.config.blur_mode)
 
     def train(self, mode: bool = True) -> Method:

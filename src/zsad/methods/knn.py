@@ -14,7 +14,7 @@ from torch import Tensor
 
 from zsad.backbones.base import FeatureExtractor
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.memory import PatchMemory, reference_tokens
+from zsad.methods.components.memory import PatchMemory, reference_tokens
 
 
 @dataclass

@@ -39,9 +39,9 @@ from torch import Tensor
 from zsad.backbones.base import FeatureExtractor
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anomalous_probability
-from zsad.methods.maps import harmonic_mean, min_cosine_distance
-from zsad.prompts import WINCLIP, WINCLIP_PAPER, text_anchors
+from zsad.methods.components.losses import anomalous_probability
+from zsad.methods.components.maps import harmonic_mean, min_cosine_distance
+from zsad.methods.components.prompts import WINCLIP, WINCLIP_PAPER, text_anchors
 
 
 @dataclass

@@ -23,7 +23,7 @@ from zsad.engine.evaluate import CategoryPredictions
 from zsad.metrics import auroc
 from zsad.report.curves import run_curves
 from zsad.report.data import GalleryExample, ReportData
-from zsad.overlay import heatmap_overlay, mask_picture, png_bytes, resize_image, side_by_side
+from zsad.inference.overlay import heatmap_overlay, mask_picture, png_bytes, resize_image, side_by_side
 from zsad.report.page import Results, write_report
 
 

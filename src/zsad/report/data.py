@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad import io
+from zsad.core import io
 from zsad.errors import DataError
 from zsad.report.curves import CURVES, GRIDS
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zsad import __version__, io
+from zsad import __version__
+from zsad.core import io
 from zsad.errors import DataError
 from zsad.metrics import METRIC_KEYS
 from zsad.report.curves import CURVES, GRIDS, mean_curve

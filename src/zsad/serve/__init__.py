@@ -6,11 +6,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from zsad.engine.predict import MethodScorer
+from zsad.engine.scorer import MethodScorer
 from zsad.methods.base import Method
 from zsad.serve.service import InspectionService, Limits
 from zsad.serve.store import Store
-from zsad.tiling import Tiling
+from zsad.inference.tiling import Tiling
 
 
 def fresh_copy(method: Method) -> Method:

@@ -2,7 +2,7 @@
 
 A product is a name, a class name for text prompts and k normal reference images. Creating one prepares
 the method for it once (reference memory, text anchors) and calibrates its thresholds from the
-references exactly as ``zsad predict`` does (:func:`zsad.engine.predict.calibrate`: leave-one-out
+references exactly as ``zsad predict`` does (:func:`zsad.engine.scorer.calibrate`: leave-one-out
 reference scores, ``max`` for images, ``q0.999`` of reference pixels for defect outlines). Thresholds
 are stored with the product, so a restart rebuilds the prepared state from the stored reference files
 without recalibrating or re-uploading anything.
@@ -23,8 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from zsad.data import decode_image_bytes, load_image
-from zsad.calibration import IMAGE_RULE, PIXEL_RULE, Scorer
-from zsad.prediction import PredictConfig, Predictor, Thresholds, calibrate
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, Scorer
+from zsad.inference.folder import PredictConfig, Predictor, Thresholds, calibrate
 from zsad.errors import ConfigError, DataError, TooLargeError
 from zsad.serve.store import Product, Store, check_name
 from zsad.serve.worker import ModelWorker

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zsad import io
+from zsad.core import io
 from zsad.errors import ConfigError
 
 DATABASE = "zsad.sqlite3"

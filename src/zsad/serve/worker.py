@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad.calibration import Scorer
+from zsad.inference.calibration import Scorer
 
 
 

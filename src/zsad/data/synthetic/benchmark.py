@@ -21,7 +21,7 @@ from zsad.data.synthetic.defects import OBJECT_DEFECTS, SURFACE_DEFECTS, apply_d
 from zsad.data.synthetic.scenes import SHAPES, Look, sample_look
 from zsad.data.synthetic.textures import PATTERNS, Array, pixel_grid
 from zsad.errors import ConfigError, DataError
-from zsad.io import write_bytes
+from zsad.core.io import write_bytes
 
 MIN_SIZE = 32
 

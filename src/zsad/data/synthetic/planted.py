@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsad.io import write_bytes
+from zsad.core.io import write_bytes
 
 
 def _background(rng: np.random.Generator, size: int, look: dict) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from zsad.methods.sparsemax import sparsemax
+from zsad.methods.components.sparsemax import sparsemax
 
 Strategy = Literal["sparse", "dense", "max"]
 SPARSE_CANDIDATES = 32  # scores examined first by sparsemax; exact either way, more are fetched if needed

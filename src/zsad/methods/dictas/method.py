@@ -75,11 +75,11 @@ from zsad.methods.dictas.alignment import Pooling, TextAlignmentHead
 from zsad.methods.dictas.generators import Generators
 from zsad.methods.dictas.lookup import Strategy, lookup
 from zsad.methods.dictas.pairs import AnomalySources, reference_views
-from zsad.methods.losses import anchor_logits, anomalous_probability
-from zsad.methods.maps import mask_fractions, minmax, neighbourhood_mean, sigma_for
-from zsad.methods.memory import reference_tokens
-from zsad.prompts import clean_class_name, text_anchors
-from zsad.synthesis import batch_generator, synthesize_batch
+from zsad.methods.components.losses import anchor_logits, anomalous_probability
+from zsad.methods.components.maps import mask_fractions, minmax, neighbourhood_mean, sigma_for
+from zsad.methods.components.memory import reference_tokens
+from zsad.methods.components.prompts import clean_class_name, text_anchors
+from zsad.methods.components.synthesis import batch_generator, synthesize_batch
 
 SIGMA_REFERENCE_SIZE = 336  # the input size at which ``sigma`` is given
 

@@ -77,8 +77,8 @@ from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.dual_anchor.grouping import Grouping, HierarchicalGroupMerging, member_means
 from zsad.methods.dual_anchor.prompts import DynamicStatePrompts
 from zsad.methods.dual_anchor.refiner import GroupGatedRefiner
-from zsad.methods.losses import anchor_logits, segmentation_losses
-from zsad.methods.maps import anchor_map, mask_fractions, sigma_for, tokens_to_grid
+from zsad.methods.components.losses import anchor_logits, segmentation_losses
+from zsad.methods.components.maps import anchor_map, mask_fractions, sigma_for, tokens_to_grid
 
 SIGMA_REFERENCE_SIZE = 518  # σ is given at the paper's input size
 PAPER_TEXT_BACKBONE = "clip-vit-l14-336"

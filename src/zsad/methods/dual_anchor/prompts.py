@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from zsad.backbones.base import TextEncoder
 from zsad.errors import ConfigError
-from zsad.prompts import clean_class_name
+from zsad.methods.components.prompts import clean_class_name
 
 
 class DynamicStatePrompts(nn.Module):

@@ -58,12 +58,12 @@ from zsad.backbones.base import FeatureExtractor, Features
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anchor_logits, segmentation_loss
-from zsad.methods.maps import anchor_map, minmax, neighbourhood_mean, tokens_to_grid
+from zsad.methods.components.losses import anchor_logits, segmentation_loss
+from zsad.methods.components.maps import anchor_map, minmax, neighbourhood_mean, tokens_to_grid
 from zsad.methods.moeclip.augment import RigidAugmentation
 from zsad.methods.moeclip.experts import LoRAMixture
 from zsad.methods.moeclip.heads import GlobalHead, PatchHeads, TextHead
-from zsad.prompts import MOECLIP, MOECLIP_CODE_DESCRIPTIONS, clean_class_name, describe, sentences
+from zsad.methods.components.prompts import MOECLIP, MOECLIP_CODE_DESCRIPTIONS, clean_class_name, describe, sentences
 
 
 @dataclass

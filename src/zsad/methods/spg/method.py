@@ -51,8 +51,8 @@ from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.losses import anomalous_probability, image_cross_entropy, segmentation_losses
-from zsad.methods.maps import anchor_map, sigma_for
+from zsad.methods.components.losses import anomalous_probability, image_cross_entropy, segmentation_losses
+from zsad.methods.components.maps import anchor_map, sigma_for
 from zsad.methods.spg.guides import GuideCodes
 from zsad.methods.spg.sae import TopKSAE
 

@@ -1,7 +1,7 @@
 """Anomaly maps for new images: a folder (recursively) or one file, with overlays, contours and scores.
 
-This part needs no torch: any :class:`~zsad.calibration.Scorer` (a method on the PyTorch path,
-:mod:`zsad.engine.predict`, or an exported model, :mod:`zsad.deploy`) goes through the same calibration
+This part needs no torch: any :class:`~zsad.inference.calibration.Scorer` (a method on the PyTorch path,
+:mod:`zsad.engine.scorer`, or an exported model, :mod:`zsad.deploy`) goes through the same calibration
 and writes the same outputs.
 
 Every image is predicted at the method's input size and its map resized back to the image's own size,
@@ -13,8 +13,8 @@ so overlays and contours sit on the original pixels. Output under ``out``:
 * ``thresholds.json`` — the thresholds used, how they were obtained, and the reference scores;
 * ``maps/<relative path>.npy`` — with ``save_maps``, every anomaly map as float32 at the image's own size.
 
-With a :class:`~zsad.tiling.Tiling`, each image (and each reference) is cut into tiles that go through
-the method at its input size, and the tile maps are stitched back (see :mod:`zsad.tiling`); few-shot
+With a :class:`~zsad.inference.tiling.Tiling`, each image (and each reference) is cut into tiles that go through
+the method at its input size, and the tile maps are stitched back (see :mod:`zsad.inference.tiling`); few-shot
 references then contribute all their tiles to the method's memory.
 
 Heatmap colours use one scale for the whole run when normal references are given: the median reference
@@ -38,15 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad import io
-from zsad.calibration import (
+from zsad.core import io
+from zsad.inference.calibration import (
     Scorer, StoredThresholds, ThresholdRule, colour_range, score_references,
 )
 from zsad.config import check_range
 from zsad.data.images import load_image
 from zsad.errors import ConfigError, DataError
-from zsad.overlay import heatmap_overlay, png_bytes, side_by_side
-from zsad.tiling import Tiling, check_image_size
+from zsad.inference.overlay import heatmap_overlay, png_bytes, side_by_side
+from zsad.inference.tiling import Tiling, check_image_size
 
 Threshold = float | ThresholdRule | None
 
@@ -141,7 +141,7 @@ def load_references(folder: Path, max_pixels: int = PredictConfig.max_pixels,
 
 
 def calibrate(scorer: Scorer, config: PredictConfig, references: list[np.ndarray] | None) -> Thresholds:
-    """Resolve ``auto`` thresholds from the references (see :mod:`zsad.calibration`) and set the
+    """Resolve ``auto`` thresholds from the references (see :mod:`zsad.inference.calibration`) and set the
     colour scale; leaves ``scorer`` prepared for prediction."""
     rules = [t for t in (config.threshold, config.pixel_threshold) if isinstance(t, ThresholdRule)]
     if rules and references is None:
@@ -219,7 +219,7 @@ def predict_folder(scorer: Scorer, target: Path, out: Path, references: Path | N
                    config: PredictConfig | None = None, progress: Callable[[int], None] | None = None,
                    name: str = "") -> PredictSummary:
     """Predict every readable file under ``target`` into ``out`` (layout: see the module docstring) with any
-    :class:`~zsad.calibration.Scorer`: a method (:func:`zsad.engine.predict.predict_images`) or an exported
+    :class:`~zsad.inference.calibration.Scorer`: a method (:func:`zsad.engine.scorer.predict_images`) or an exported
     model (:mod:`zsad.deploy`); ``name`` names it in ``thresholds.json``."""
     config = config or PredictConfig()
     if scorer.few_shot and not scorer.zero_shot and references is None:

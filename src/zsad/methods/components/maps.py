@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zsad.errors import ConfigError
-from zsad.methods.losses import anchor_logits
+from zsad.methods.components.losses import anchor_logits
 
 
 def tokens_to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -14,8 +14,8 @@ import json
 import math
 from typing import Any
 
-from zsad import io
-from zsad.engine.reproduce import Reproduction
+from zsad.core import io
+from zsad.engine.reproduction import Reproduction
 from zsad.metrics import METRIC_KEYS
 from zsad.metrics.compat import COMPAT_AUPRO
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zsad.errors import ConfigError
-from zsad.tiling import Stitcher, Tiling, check_image_size, parse_tile, tiles
+from zsad.inference.tiling import Stitcher, Tiling, check_image_size, parse_tile, tiles
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,7 +1,7 @@
 """The PyTorch side of prediction: a method applied to decoded images of any size, resized or tiled.
 
-:class:`MethodScorer` is the :class:`~zsad.calibration.Scorer` of a method; :func:`predict_images` runs
-it over a folder with :func:`zsad.prediction.predict_folder` (outputs and thresholds: see there).
+:class:`MethodScorer` is the :class:`~zsad.inference.calibration.Scorer` of a method; :func:`predict_images` runs
+it over a folder with :func:`zsad.inference.folder.predict_folder` (outputs and thresholds: see there).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zsad.calibration import Scorer
+from zsad.inference.calibration import Scorer
 from zsad.methods.base import Method
-from zsad.methods.maps import upsample
-from zsad.overlay import resize_image
-from zsad.prediction import PredictConfig, PredictSummary, predict_folder
-from zsad.runtime import autocast
-from zsad.tiling import Tiling, predict_tiled, tiles
+from zsad.methods.components.maps import upsample
+from zsad.inference.overlay import resize_image
+from zsad.inference.folder import PredictConfig, PredictSummary, predict_folder
+from zsad.core.runtime import autocast
+from zsad.inference.tiling import Tiling, predict_tiled, tiles
 
 
 def to_batch(images: list[np.ndarray], size: int, device: torch.device) -> Tensor:
@@ -29,7 +29,7 @@ def to_batch(images: list[np.ndarray], size: int, device: torch.device) -> Tenso
 
 
 class MethodScorer:
-    """A method applied to decoded images of any size (the :class:`~zsad.calibration.Scorer` of
+    """A method applied to decoded images of any size (the :class:`~zsad.inference.calibration.Scorer` of
     the PyTorch path): each image resized to the method's input size, or tiled, and its map brought
     back to the image's own size."""
 
@@ -76,7 +76,7 @@ def predict_images(method: Method | Scorer, target: Path, out: Path, references:
                    config: PredictConfig | None = None,
                    progress: Callable[[int], None] | None = None) -> PredictSummary:
     """Predict every readable file under ``target`` into ``out`` with a method (resized or tiled per
-    ``config.tiling``) or any other scorer; see :func:`zsad.prediction.predict_folder`."""
+    ``config.tiling``) or any other scorer; see :func:`zsad.inference.folder.predict_folder`."""
     config = config or PredictConfig()
     scorer = MethodScorer(method, config.tiling, config.batch_size, config.precision) \
         if isinstance(method, Method) else method

@@ -42,8 +42,8 @@ def add_tiling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def tiling_from_args(args: argparse.Namespace, method):
-    """The :class:`~zsad.tiling.Tiling` of ``--tile``/``--overlap`` for ``method``, or None."""
-    from zsad.tiling import Tiling, parse_tile
+    """The :class:`~zsad.inference.tiling.Tiling` of ``--tile``/``--overlap`` for ``method``, or None."""
+    from zsad.inference.tiling import Tiling, parse_tile
 
     tile = parse_tile(args.tile, method.config.image_size, method.backbone.patch_size)
     return None if tile is None else Tiling(tile, args.overlap)
@@ -63,6 +63,6 @@ def method_from_args(args: argparse.Namespace):
 def run_device(name: str | None):
     """This process's device: its rank's under torchrun (joining the process group), else the best one."""
     from zsad.engine.distributed import init_from_env
-    from zsad.runtime import pick_device
+    from zsad.core.runtime import pick_device
 
     return init_from_env(name) or pick_device(name)

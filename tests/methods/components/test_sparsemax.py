@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zsad.methods.sparsemax import sparsemax
+from zsad.methods.components.sparsemax import sparsemax
 
 
 def simplex_projection(z: torch.Tensor, iterations: int = 200) -> torch.Tensor:

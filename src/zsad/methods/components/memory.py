@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor
-from zsad.methods.maps import min_cosine_distance
+from zsad.methods.components.maps import min_cosine_distance
 
 
 class PatchMemory(nn.Module):

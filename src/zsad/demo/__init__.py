@@ -21,19 +21,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from zsad import io
-from zsad.progress import progress_bar
+from zsad.core import io
+from zsad.core.progress import progress_bar
 from zsad.config import to_dict
 from zsad.data import open_dataset
 from zsad.data.synthetic import write_synthetic
 from zsad.engine.build import build_method
-from zsad.calibration import IMAGE_RULE, PIXEL_RULE
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
-from zsad.engine.predict import predict_images
-from zsad.prediction import PredictConfig, PredictSummary, list_files
+from zsad.engine.scorer import predict_images
+from zsad.inference.folder import PredictConfig, PredictSummary, list_files
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError
-from zsad.runtime import seed_everything
+from zsad.core.runtime import seed_everything
 from zsad.methods import method_class
 from zsad.report import ReportCollector, Results, write_report
 

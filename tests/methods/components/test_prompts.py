@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from zsad.backbones import build_text_encoder
-from zsad.prompts import MOECLIP, WINCLIP, clean_class_name, sentences, text_anchors
+from zsad.methods.components.prompts import MOECLIP, WINCLIP, clean_class_name, sentences, text_anchors
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def parse_threshold(text: str | None, default_rule: ThresholdRule) -> float | Th
 
 
 class Scorer(Protocol):
-    """Anything that scores decoded images of any size: a prepared method (:class:`~zsad.engine.predict.
+    """Anything that scores decoded images of any size: a prepared method (:class:`~zsad.engine.scorer.
     MethodScorer`), with or without tiling, or an exported model of the torch-free runtime."""
 
     few_shot: bool  # prepare() needs references
