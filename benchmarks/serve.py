@@ -33,8 +33,10 @@ from PIL import Image
 
 from zsad.engine.build import build_method
 from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE
-from zsad.engine.scorer import MethodScorer
-from zsad.inference.folder import PredictConfig, Predictor, calibrate
+from zsad.engine.scorer import method_scorer
+from zsad.inference.calibration import calibrate
+from zsad.inference.overlay import inspection_picture, png_bytes
+from zsad.inference.scoring import Inspector
 
 
 def texture(seed: int, size: int) -> np.ndarray:
@@ -91,16 +93,15 @@ def main() -> None:
     payloads = [png(image) for image in images]
 
     method = build_method(args.method, backbone=args.backbone, image_size=size, weights=args.weights)
-    scorer = MethodScorer(method, None, args.batch_size)
-    config = PredictConfig(class_name="fabric", threshold=IMAGE_RULE, pixel_threshold=PIXEL_RULE)
-    predictor = Predictor(config, calibrate(scorer, config, references))
+    scorer = method_scorer(method, None, args.batch_size)
+    inspector = Inspector(scorer, calibrate(scorer, "fabric", references, IMAGE_RULE, PIXEL_RULE))
 
     def offline() -> float:
         start = time.perf_counter()
         for first in range(0, len(images), args.batch_size):
             chunk = images[first : first + args.batch_size]
-            for image, (_, anomaly_map) in zip(chunk, scorer.predict(chunk)):
-                predictor.draw(image, anomaly_map)
+            for image, inspection in zip(chunk, inspector.inspect(chunk)):
+                png_bytes(inspection_picture(image, inspection))
         return len(images) / (time.perf_counter() - start)
 
     with tempfile.TemporaryDirectory() as folder, serving(args, Path(folder) / "store") as url:

@@ -1,6 +1,6 @@
 """Tiled prediction against image size: time and peak memory per megapixel, as ratios to the 1 MP case.
 
-Each size runs a synthetic woven image through ``MethodScorer`` with ``--tile auto`` (tiles at the
+Each size runs a synthetic woven image through the inspection loop's scorer with ``--tile auto`` (tiles at the
 method's input size, overlap 0.25); the sizes are timed interleaved (1, 4, 16, 64 MP, 1, 4, ...) so
 machine noise lands on all alike. Peak memory is what Python and numpy allocate during one prediction
 (tracemalloc: the decoded image, the tile batches on the host, the two float32 stitching planes), the
@@ -21,7 +21,7 @@ import torch
 
 from timing import interleaved
 from zsad.engine.build import build_method
-from zsad.engine.scorer import MethodScorer
+from zsad.engine.scorer import method_scorer
 from zsad.inference.tiling import Tiling
 
 
@@ -44,19 +44,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     method = build_method(args.method, backbone=args.backbone)
-    scorer = MethodScorer(method, Tiling(method.config.image_size, 0.25), args.batch_size)
+    scorer = method_scorer(method, Tiling(method.config.image_size, 0.25), args.batch_size)
     scorer.prepare("fabric", [woven(768, 768, 2)] if method.few_shot else None)
     sizes = [float(s) for s in args.sizes.split(",")]
     images = {}
     for mp in sizes:
         width = int(round((mp * 1e6 * 4 / 3) ** 0.5))
         images[mp] = woven(int(round(width * 3 / 4)), width, 1)
-    times = interleaved({mp: (lambda image=image: scorer.predict([image])) for mp, image in images.items()},
+    times = interleaved({mp: (lambda image=image: scorer.score([image])) for mp, image in images.items()},
                         repeats=args.repeats)
     peaks = {}
     for mp, image in images.items():
         tracemalloc.start()
-        scorer.predict([image])
+        scorer.score([image])
         peaks[mp] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     base = sizes[0]

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torchless
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -125,13 +126,8 @@ def test_the_checker_sees_an_upward_import_and_an_unplaced_module(tmp_path: Path
         layer_of("zsad.helpers")
 
 
-BLOCKED = """
-import importlib, pkgutil, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, Block())
+BLOCKED = torchless.BLOCK_TORCH + """
+import importlib, pkgutil
 import zsad
 for package in %r:
     root = importlib.import_module(package)

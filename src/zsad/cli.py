@@ -15,6 +15,7 @@ from pathlib import Path
 
 from zsad import __version__
 from zsad.errors import ZsadError
+from zsad.commands.common import check_names
 from zsad.core.io import check_output_dir
 
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_names(args)
         if isinstance(getattr(args, "out", None), Path):
             check_output_dir(args.out)
         result = args.func(args)

@@ -47,6 +47,10 @@ def test_protocol_files_are_consistent(paper):
         assert difference["flavour"] in ("paper", "code", "both") and difference["what"]
     if protocol.trains:
         assert all(protocol.auxiliary_for(t) not in (None, t) for t in protocol.targets)
+    # the stages the protocol lists are the ones the method declares (the training assembly trains those)
+    cls = method_class(protocol.method)
+    assert protocol.trains == cls.trainable
+    assert [s.get("stage") for s in protocol.stages if "stage" in s] == list(cls.stages)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from zsad.cli import main
 from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, ThresholdRule, parse_threshold, score_references
-from zsad.engine.scorer import MethodScorer, predict_images
+from zsad.engine.scorer import method_scorer, predict_images
 from zsad.inference.folder import PredictConfig, list_files, overlay_names
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig, Prediction
@@ -121,6 +121,15 @@ def test_defect_is_decided_and_outlined(images, references, tmp_path):
     assert outlined.any() and rows.min() >= 14 and rows.max() <= 33 and cols.min() >= 14 and cols.max() <= 33
     clean = np.asarray(Image.open(out / "overlays" / "a.png"))[:, 40 + GAP :]
     assert not (clean == PREDICTED_COLOUR).all(-1).any()
+    # the same regions, in numbers, beside scores.csv: one region, its box and peak on the outlined square
+    inspections = {Path(i["source"]).name: i for i in json.loads((out / "inspections.json").read_text())}
+    assert {name: len(i["regions"]) for name, i in inspections.items()} == {"a.png": 0, "b.jpg": 0, "defect.png": 1}
+    assert {Path(r["path"]).name: r["regions"] for r in _rows(out / "scores.csv")}["defect.png"] == "1"
+    (region,) = inspections["defect.png"]["regions"]
+    x, y, width, height = region["box"]
+    assert (x, y, x + width - 1, y + height - 1) == (cols.min(), rows.min(), cols.max(), rows.max())
+    assert region["area"] <= width * height and region["mean"] <= region["peak"]
+    assert 14 <= region["peak_at"][0] <= 33 and 14 <= region["peak_at"][1] <= 33
 
 
 def test_auto_thresholds_are_leave_one_out_rules(references, images, tmp_path):
@@ -140,7 +149,7 @@ def test_auto_thresholds_are_leave_one_out_rules(references, images, tmp_path):
 def test_leave_one_out_never_sees_the_scored_reference():
     greys = np.array([51, 102, 230]) / 255
     refs = [np.full((SIZE, SIZE, 3), g * 255, dtype=np.uint8) for g in greys]
-    scored = score_references(MethodScorer(_method()), "object", refs)
+    scored = score_references(method_scorer(_method()), "object", refs)
     assert scored.leave_one_out
     expected = [3 * abs(g - np.delete(greys, i).mean()) for i, g in enumerate(greys)]
     assert scored.scores == pytest.approx(expected, abs=1e-5)

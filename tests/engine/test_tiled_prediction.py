@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from zsad.engine.build import build_method
-from zsad.engine.scorer import MethodScorer
+from zsad.engine.scorer import method_scorer
 from zsad.metrics import auroc
 from zsad.inference.tiling import Tiling
 
@@ -49,9 +49,10 @@ def test_a_small_defect_is_found_by_tiles_and_lost_by_resizing(knn, height, widt
     reference = woven(768, 768, seed=2)
     results = {}
     for name, tiling in (("resized", None), ("tiled", Tiling(TILE, 0.25))):
-        scorer = MethodScorer(knn, tiling, batch_size=32)
+        scorer = method_scorer(knn, tiling, batch_size=32)
         scorer.prepare("fabric", [reference])
-        (_, anomaly_map), = scorer.predict([image])
+        (result,) = scorer.score([image])
+        anomaly_map = result.anomaly_map
         assert anomaly_map.shape == (height, width) and anomaly_map.dtype == np.float32
         results[name] = anomaly_map
     peak = np.unravel_index(results["tiled"].argmax(), mask.shape)
@@ -70,9 +71,10 @@ def test_a_normal_image_shows_no_seams(knn):
 
     def border_steps(overlap: float) -> tuple[float, float]:
         tiling = Tiling(TILE, overlap)
-        scorer = MethodScorer(knn, tiling, batch_size=32)
+        scorer = method_scorer(knn, tiling, batch_size=32)
         scorer.prepare("fabric", [reference])
-        (_, anomaly_map), = scorer.predict([image])
+        (result,) = scorer.score([image])
+        anomaly_map = result.anomaly_map
         edges = sorted({o for o in tiling.origins(2048) if o > 0} | {o + TILE for o in tiling.origins(2048)
                                                                      if o + TILE < 2048})
         steps = np.abs(np.diff(anomaly_map, axis=1))  # steps[:, c - 1]: from column c - 1 to column c

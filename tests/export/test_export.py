@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torchless
 from PIL import Image
 
 from zsad import deploy
@@ -40,7 +41,8 @@ def _pytorch(method, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _parity(method, model, images) -> tuple[float, float]:
     """Max |exported - PyTorch| of maps (as a fraction of the map's range) and of scores."""
-    maps, scores = model.run(images)
+    output = model.run(images)
+    maps, scores = np.stack(output.maps), output.scores
     reference_maps, reference_scores = _pytorch(method, images)
     span = float(reference_maps.max() - reference_maps.min())
     return float(np.abs(maps - reference_maps).max()) / span, float(np.abs(scores - reference_scores).max())
@@ -104,16 +106,7 @@ def _write(folder: Path, images: list[np.ndarray]) -> Path:
     return folder
 
 
-BLOCKED = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, Block())
-from zsad.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+BLOCKED = torchless.CLI
 
 
 @pytest.mark.slow
@@ -186,14 +179,16 @@ def test_bad_exports_and_bad_models_are_one_line_errors(tmp_path):
     meta_path.write_text(json.dumps(meta))
     loaded = deploy.load(tmp_path / "model")
     with pytest.raises(DataError, match=r"RGB uint8 arrays \[H, W, 3\]"):
-        loaded.predict([np.zeros((32, 32, 4), np.uint8)])
-    assert len(loaded.results([np.zeros((100, 37, 3), np.uint8)])[0].anomaly_map) == 100  # any size: resized
+        loaded.inspect([np.zeros((32, 32, 4), np.uint8)])
+    (inspection,) = loaded.inspect([np.zeros((100, 37, 3), np.uint8)], ["tall.png"])  # any size: resized
+    assert inspection.anomaly_map.shape == (100, 37) and inspection.source == "tall.png"
+    assert inspection.decision in ("normal", "anomalous")
     with pytest.raises(ConfigError, match="not an exported zsad model"):
         deploy.load(tmp_path)
 
 
 def test_a_tiled_export_tiles_and_stitches_like_the_pytorch_path(tmp_path):
-    from zsad.engine.scorer import MethodScorer
+    from zsad.engine.scorer import method_scorer
     from zsad.inference.tiling import Tiling
 
     torch.manual_seed(0)
@@ -204,10 +199,12 @@ def test_a_tiled_export_tiles_and_stitches_like_the_pytorch_path(tmp_path):
     model = deploy.load(tmp_path / "model")
     assert model.tiling == tiling
     image = _images(1, seed=2, size=150)[0][:, :130]  # 150 x 130: tiles overlap on both axes
-    scorer = MethodScorer(method, tiling)
+    scorer = method_scorer(method, tiling)
     scorer.prepare("pcb", refs)
-    (score, expected), = scorer.predict([image])
-    (exported_score, exported), = model.predict([image])
+    (expected,) = scorer.score([image])
+    (exported,) = model.scorer.score([image])
+    score, expected = expected.score, expected.anomaly_map
+    exported_score, exported = exported.score, exported.anomaly_map
     assert exported.shape == (150, 130)
     assert np.abs(exported - expected).max() <= 1e-4 * (expected.max() - expected.min())
     assert abs(exported_score - score) <= 1e-4

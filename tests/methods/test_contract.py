@@ -29,11 +29,11 @@ SIZE = 64  # the configured (square) input size
 HEIGHT, WIDTH = 48, 64  # the non-square size the checks predict at
 METHODS = sorted(available_methods())
 TRAINABLE = [name for name in METHODS if available_methods()[name].trainable]
-STAGES = {"spg": ("sae", "guides")}  # methods whose training runs in stages
 
 
 def stages(name: str) -> tuple[str | None, ...]:
-    return STAGES.get(name, (None,))
+    """The training stages a method declares (``Method.stages``), or one unnamed stage."""
+    return available_methods()[name].stages or (None,)
 
 
 def build(name: str, stage: str | None = None) -> Method:

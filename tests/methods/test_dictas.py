@@ -13,7 +13,8 @@ from zsad.data.synthetic import write_synthetic
 from zsad.data.types import Batch
 from zsad.engine.build import build_method
 from zsad.engine.checkpoint import WEIGHTS, load_tensors
-from zsad.engine.evaluate import EvalConfig, evaluate, load_images
+from zsad.data.loading import load_arrays
+from zsad.engine.evaluate import EvalConfig, evaluate
 from zsad.engine.train import Trainer, train_config_for, training_records
 from zsad.errors import ConfigError, DataError
 from zsad.methods.dictas import DictAS
@@ -169,7 +170,7 @@ def short_training(synthetic_root, tmp_path_factory):
     method = tiny()
     dataset = open_dataset(f"mvtec:{synthetic_root}")
     category = dataset.categories()[0]
-    images, _ = load_images(dataset.records(category, "train")[:4], SIZE)
+    images = torch.from_numpy(load_arrays(dataset.records(category, "train")[:4], SIZE)[0]).permute(0, 3, 1, 2)
     fixed = batch_of(images.float() / 255, category)
 
     def fixed_query_loss() -> float:

@@ -7,7 +7,8 @@ import torch
 
 from zsad.data import open_dataset
 from zsad.engine.build import build_method
-from zsad.engine.evaluate import EvalConfig, evaluate, load_images
+from zsad.data.loading import load_arrays
+from zsad.engine.evaluate import EvalConfig, evaluate
 from zsad.errors import DataError
 from zsad.methods.components.memory import PatchMemory
 
@@ -25,8 +26,8 @@ def test_finds_planted_defects_at_four_shots(synthetic_root, knn):
 def test_maps_have_input_resolution_and_do_not_depend_on_the_batch(synthetic_root, knn):
     dataset = open_dataset(f"mvtec:{synthetic_root}")
     category = dataset.categories()[0]
-    references, _ = load_images(dataset.records(category, "train")[:2], 128)
-    images, _ = load_images(dataset.records(category, "test")[:5], 128)
+    references = torch.from_numpy(load_arrays(dataset.records(category, "train")[:2], 128)[0]).permute(0, 3, 1, 2)
+    images = torch.from_numpy(load_arrays(dataset.records(category, "test")[:5], 128)[0]).permute(0, 3, 1, 2)
     with torch.inference_mode():
         knn.prepare("object", references.float() / 255)
         whole = knn.predict(images.float() / 255)
@@ -38,7 +39,8 @@ def test_maps_have_input_resolution_and_do_not_depend_on_the_batch(synthetic_roo
 
 def test_a_reference_is_no_anomaly_to_itself(synthetic_root, knn):
     dataset = open_dataset(f"mvtec:{synthetic_root}")
-    references, _ = load_images(dataset.records(dataset.categories()[0], "train")[:3], 128)
+    images, _ = load_arrays(dataset.records(dataset.categories()[0], "train")[:3], 128)
+    references = torch.from_numpy(images).permute(0, 3, 1, 2)
     with torch.inference_mode():
         knn.prepare("object", references.float() / 255)
         features = knn.backbone(references.float() / 255, knn.layers)

@@ -225,3 +225,16 @@ def test_zsad_eval_reads_a_dictas_checkpoint_at_other_layers(tmp_path, synthetic
     assert main(["eval", "--checkpoint", str(tmp_path / "checkpoint"), "--set", "layers=2,4", "--data",
                  f"mvtec:{synthetic_root}", "--shots", "1", "--seeds", "1", "--out", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["anomalyclip", "dictas", "dual-anchor", "spg", "knn", "aprilgan"])
+def test_smoothing_scales_sigma_by_the_maps_width_for_every_method(name):
+    """One sigma rule: the paper's sigma, stated at ``sigma_reference_size`` pixels of input width, scales
+    with the width of the maps (SPG scaled by the height before, which differs on non-square inputs);
+    without a reference size sigma is in pixels of the map."""
+    method = build_method(name, backbone="clip-tiny", image_size=64)
+    maps = torch.rand(2, 48, 80, generator=torch.Generator().manual_seed(0))
+    reference = type(method).sigma_reference_size
+    expected_sigma = 4.0 * 80 / reference if reference else 4.0
+    torch.testing.assert_close(method.smooth(maps, 4.0), gaussian_blur(maps, expected_sigma, 4.0, "mirror"),
+                               rtol=0, atol=0)

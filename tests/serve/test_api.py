@@ -40,9 +40,11 @@ def test_products_inspections_history_survive_a_restart(images, tmp_path):
         defect, normal = response.json()
         assert (defect["filename"], defect["decision"], normal["decision"]) == ("defect.png", "anomalous", "normal")
         assert defect["score"] > defect["thresholds"]["image"] > normal["score"]
-        box = defect["regions"][0]  # the highest peak's region overlaps the planted square
-        assert box["x"] < DEFECT[1] and box["x"] + box["width"] > DEFECT[0]
-        assert box["y"] < DEFECT[1] and box["y"] + box["height"] > DEFECT[0]
+        region = defect["regions"][0]  # the highest peak's region overlaps the planted square
+        x, y, width, height = region["box"]
+        assert x < DEFECT[1] and x + width > DEFECT[0] and y < DEFECT[1] and y + height > DEFECT[0]
+        assert DEFECT[0] <= region["peak_at"][0] < DEFECT[1] and DEFECT[0] <= region["peak_at"][1] < DEFECT[1]
+        assert 0 < region["area"] <= width * height and region["mean"] <= region["peak"]
         overlay = httpx.get(f"{url}{defect['overlay_url']}")
         assert overlay.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(overlay.content)).size[1] == 96

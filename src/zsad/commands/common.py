@@ -19,7 +19,8 @@ def str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a trained checkpoint folder") -> None:
+def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a trained checkpoint folder",
+                         precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> None:
     p.add_argument("--method", help="method name (see `zsad methods`)")
     p.add_argument("--checkpoint", type=Path, help=checkpoint_help)
     p.add_argument("--backbone", help="backbone name (see `zsad backbones`); default: the method's")
@@ -29,7 +30,16 @@ def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a t
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config field (repeatable), e.g. --set lookup=dense")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--precision", default="fp32", choices=precisions, help="numeric precision (default fp32)")
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Names a user types, checked before any heavy import: a misspelt backbone is refused at once, not
+    after torch and transformers have loaded."""
+    from zsad.backbones.specs import get_spec
+
+    if getattr(args, "backbone", None):
+        get_spec(args.backbone)
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,3 +76,29 @@ def run_device(name: str | None):
     from zsad.core.runtime import pick_device
 
     return init_from_env(name) or pick_device(name)
+
+
+def listing(header: list[str], rows: list[tuple[list[str], str]], width: int | None = None) -> str:
+    """A table that stays readable at any width, piped or not: one line of short aligned facts per entry,
+    then its description wrapped to the width (the terminal's, 80 when piped) and indented beneath."""
+    import shutil
+    import textwrap
+
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    cells = [header] + [facts for facts, _ in rows]
+    sizes = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    line = lambda facts: "  ".join(f.ljust(s) for f, s in zip(facts, sizes)).rstrip()  # noqa: E731
+    out = [line(header)]
+    for facts, description in rows:
+        out.append(line(facts))
+        out += textwrap.wrap(description, width=max(40, width), initial_indent="    ", subsequent_indent="    ",
+                             break_on_hyphens=False)
+    return "\n".join(out)
+
+
+def wrapped(text: str) -> str:
+    """A paragraph wrapped to the terminal's width (80 when piped)."""
+    import shutil
+    import textwrap
+
+    return textwrap.fill(text, width=max(40, shutil.get_terminal_size((80, 24)).columns), break_on_hyphens=False)

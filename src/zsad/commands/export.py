@@ -11,7 +11,7 @@ from zsad.commands.common import add_method_arguments, add_tiling_arguments
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a method prepared for one product to ONNX/OpenVINO (runs without "
                        "PyTorch)")
-    add_method_arguments(p)
+    add_method_arguments(p, precisions=("fp32", "fp16"))
     add_tiling_arguments(p)
     p.add_argument("--class-name", default="object", help='product name for text prompts (default "object")')
     p.add_argument("--refs", type=Path, help="folder of normal reference images: folded into the model (few-shot "
@@ -25,10 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.inference.calibration import StoredThresholds
     from zsad.commands.common import method_from_args, tiling_from_args
-    from zsad.config import from_dict
-    from zsad.engine.checkpoint import read_config
+    from zsad.engine.checkpoint import stored_thresholds
     from zsad.export import export_model
     from zsad.inference.folder import load_references
 
@@ -39,11 +37,9 @@ def run(args: argparse.Namespace) -> int:
         references, _, skipped = load_references(args.refs, int(args.max_pixels))
         for item in skipped:
             console.print(f"skipped: {item.reason}", markup=False, highlight=False)
-    stored = None
-    if args.checkpoint and args.refs is None and (saved := read_config(args.checkpoint).get("thresholds")):
-        stored = from_dict(StoredThresholds, saved)
+    fixed = stored_thresholds(args.checkpoint) if args.checkpoint and args.refs is None else None
     meta = export_model(method, args.out, args.class_name, references, args.fmt, args.precision,
-                        tiling_from_args(args, method), stored, args.overwrite,
+                        tiling_from_args(args, method), fixed, args.overwrite,
                         source={"checkpoint": str(args.checkpoint or ""), "weights": args.weights,
                                 "refs": str(args.refs or "")})
     t = meta["thresholds"]

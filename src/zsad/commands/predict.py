@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "need it; it also calibrates automatic thresholds)")
     p.add_argument("--class-name", default="object", help='product name for text prompts (default "object")')
     p.add_argument("--threshold", help="image decision threshold: a number, auto or auto:RULE with RULE max, "
-                   "mean+Zstd or qP (default: auto with --refs, otherwise no decision)")
+                   "mean+Zstd or qP (default: auto with --refs; without, the thresholds stored in --checkpoint or "
+                   "--model, else no decision)")
     p.add_argument("--pixel-threshold", help="threshold for defect contours, same forms (default: auto with "
                    "--refs, i.e. the q0.999 quantile of reference pixels; otherwise no contours)")
     p.add_argument("--batch-size", type=int, default=8, help="images (or tiles) per model call (default 8)")
@@ -41,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
     config = PredictConfig(class_name=args.class_name,
                            threshold=parse_threshold(args.threshold or default, IMAGE_RULE),
                            pixel_threshold=parse_threshold(args.pixel_threshold or default, PIXEL_RULE),
-                           batch_size=args.batch_size, precision=args.precision, save_maps=args.save_maps,
-                           max_pixels=int(args.max_pixels))
+                           batch_size=args.batch_size, save_maps=args.save_maps, max_pixels=int(args.max_pixels))
     if args.model is not None:
         scorer, name = _exported(args, config)
     else:
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if t.pixel is not None:
         console.print(f"pixel threshold {t.pixel:.4g} ({t.pixel_source}) outlines predicted defects")
     console.print(f"{summary.predicted} image(s) predicted, {len(summary.skipped)} file(s) skipped; "
-                  f"scores in {args.out / 'scores.csv'}, overlays in {args.out / 'overlays'}")
+                  f"scores in {args.out / 'scores.csv'}, regions in {args.out / 'inspections.json'}, overlays in "
+                  f"{args.out / 'overlays'}")
     return 0
 
 
@@ -75,21 +76,17 @@ def _exported(args: argparse.Namespace, config):
     if args.tile is not None:
         raise ConfigError(f"{args.model}: tiling is fixed at export (--tile on `zsad export`)")
     config.class_name = model.class_name
-    config.preset = model.thresholds
-    return model, model.name
+    config.fixed = model.thresholds
+    return model.scorer, model.name
 
 
 def _method(args: argparse.Namespace, config):
     """A method on the PyTorch path, resized or tiled; a checkpoint's stored thresholds without --refs."""
-    from zsad.inference.calibration import StoredThresholds
-    from zsad.config import from_dict
-    from zsad.engine.checkpoint import read_config
-    from zsad.engine.scorer import MethodScorer
+    from zsad.engine.checkpoint import stored_thresholds
+    from zsad.engine.scorer import method_scorer
 
     method, _ = method_from_args(args)
-    config.tiling = tiling_from_args(args, method)
     if args.checkpoint and not args.refs:
-        stored = read_config(args.checkpoint).get("thresholds")
-        config.stored = None if stored is None else from_dict(StoredThresholds, stored)
-    return MethodScorer(method, config.tiling, config.batch_size, config.precision), method.name
+        config.fixed = stored_thresholds(args.checkpoint)
+    return method_scorer(method, tiling_from_args(args, method), args.batch_size, args.precision), method.name
 

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from zsad.commands.common import add_method_arguments, run_device
-from zsad.core.progress import progress_bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["train", "test"], help="auxiliary split (default: the method's)")
     p.add_argument("--allow-outside-root", action="store_true", help="let meta.json / VisA CSV entries name "
                    "files outside the dataset folder")
-    p.add_argument("--stage", help="training stage for multi-stage methods (e.g. spg: sae, guides)")
+    p.add_argument("--stage", help="train only this stage of a multi-stage method (e.g. spg: sae, guides); "
+                   "default: every stage in order, each into --out/STAGE")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps", type=int, help="a budget of optimiser steps instead of --epochs (whole epochs, "
                    "rounded up)")
@@ -42,71 +42,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from rich.console import Console
 
-    from zsad.config import to_dict, with_overrides
-    from zsad.data import open_dataset
     from zsad.engine import distributed
-    from zsad.engine.build import build_method, method_config
-    from zsad.engine.checkpoint import read_config, update_config
-    from zsad.engine.train import (
-        Trainer, calibrate_held_out, has_checkpoint, hold_out_for_calibration, train_config_for, training_records,
-    )
+    from zsad.engine.assembly import TrainingPlan, train_method
+    from zsad.engine.checkpoint import read_config
     from zsad.errors import ConfigError
-    from zsad.methods import method_class
-    from zsad.core.runtime import seed_everything
 
-    if not args.method:
+    if not args.method and not args.checkpoint:
         raise ConfigError("give --method NAME")
-    cls = method_class(args.method)
-    if not cls.trainable:
-        raise ConfigError(f"method {args.method!r} is training-free; evaluate it directly with `zsad eval`")
+    method = args.method or read_config(args.checkpoint)["method"]
     flags = {"epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-             "seed": args.seed,
-             "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch, "num_workers": args.workers,
-             "precision": args.precision if args.precision != "fp32" else None,
+             "seed": args.seed, "split": args.split, "max_steps_per_epoch": args.max_steps_per_epoch,
+             "num_workers": args.workers, "precision": args.precision if args.precision != "fp32" else None,
              "calibration_fraction": args.calibration_fraction, "target_fpr": args.target_fpr}
-    if has_checkpoint(args.out) and not args.resume:
-        raise ConfigError(f"{args.out}: already holds a checkpoint; pass --resume to continue it or choose --out")
-    overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
-    base = read_config(args.checkpoint)["config"] if args.checkpoint else None
-    stage_config = method_config(args.method, base, args.backbone, args.image_size, overrides)
-    config = train_config_for(cls, {k: v for k, v in flags.items() if v is not None}, stage_config)
-    if args.calibration_fraction is None and cls.zero_shot and not config.normal_only:
-        config = replace(config, calibration_fraction=0.1)  # labelled auxiliary data: hold some out to calibrate
-    config = with_overrides(config, args.train_overrides)
-    device = run_device(args.device)
     console = Console(stderr=True, quiet=not distributed.is_main())
-    datasets = [open_dataset(spec, args.allow_outside_root) for spec in args.data]
-    seed_everything(config.seed)  # the method's fresh parameters are part of the run's reproducibility
-    method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
-                          image_size=args.image_size, overrides=overrides, device=device, partial=True)
-    if args.checkpoint:
-        console.print(f"initialised from {args.checkpoint}: {method.load_report}")
-    records, held_out = hold_out_for_calibration(training_records(datasets, config), config)
-    trainer = Trainer(method, records, config, args.out, meta={"data": args.data, "weights": args.weights})
-    if args.resume:
-        trainer.resume(allow_changes=args.force_resume)
-    with progress_bar(console, f"training {method.name}") as advance:
-        advance.total(config.epochs * trainer.steps_per_epoch)
-        advance(trainer.epoch * trainer.steps_per_epoch)
-        trainer.on_step = lambda step, losses: (advance(1), advance.info(_losses(losses)))
-        while trainer.epoch < config.epochs:
-            row = trainer.train_epoch()
-            console.log(f"epoch {row['epoch']}/{config.epochs}: " + _losses(row))
-    if held_out and any(r.label == 0 for r in held_out) and distributed.is_main():
-        thresholds = calibrate_held_out(method, held_out, config)
-        update_config(args.out, thresholds=to_dict(thresholds))
+    plan = TrainingPlan(method, list(args.data), args.out, backbone=args.backbone, weights=args.weights,
+                        image_size=args.image_size, overrides=list(args.overrides),
+                        train={k: v for k, v in flags.items() if v is not None},
+                        train_overrides=list(args.train_overrides),
+                        stages=(args.stage,) if args.stage else None, init=args.checkpoint, resume=args.resume,
+                        force_resume=args.force_resume, allow_outside_root=args.allow_outside_root,
+                        device=run_device(args.device))
+    result = train_method(plan, console=console)
+    thresholds = result.thresholds
+    if thresholds is not None:
+        rates = thresholds.calibration
         console.print(f"decision thresholds stored in the checkpoint: image {thresholds.image:.4g} "
-                      f"({thresholds.source}; on the held-out images: false-positive rate "
-                      f"{100 * thresholds.achieved['image_fpr']:.1f}%, true-positive rate "
-                      f"{100 * thresholds.achieved['image_tpr']:.1f}%), pixel {thresholds.pixel:.4g}")
-    console.print(f"checkpoint written to {args.out} ({len(records)} training images, device {device})")
+                      f"({thresholds.image_source}; on the held-out images: false-positive rate "
+                      f"{100 * rates['image_fpr']:.1f}%, true-positive rate {_percent(rates['image_tpr'])}), "
+                      f"pixel {thresholds.pixel:.4g}")
+    console.print(f"checkpoint written to {result.checkpoint} ({result.records} training images, "
+                  f"{result.steps} optimiser steps, device {plan.device})")
     return 0
 
 
-def _losses(values: dict[str, float]) -> str:
-    parts = [f"{k} {v:.4f}" for k, v in values.items() if k not in {"epoch", "steps", "lr", "images_per_s"}]
-    return " · ".join(parts)
+def _percent(rate: float | None) -> str:
+    return "undefined (no defective image held out)" if rate is None else f"{100 * rate:.1f}%"

@@ -95,3 +95,10 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
     )
+
+
+def load_arrays(records: Sequence[Record], image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images ``[N, S, S, 3]`` uint8 and masks ``[N, S, S]`` bool, as evaluation reads them (kept
+    compact: one category's test set is decoded once and reused for every reference draw)."""
+    samples = [load_sample(r, image_size) for r in records]
+    return np.stack([s.image for s in samples]), np.stack([s.mask for s in samples])

@@ -3,41 +3,35 @@ PyTorch or transformers (``pip install 'zsad[deploy]'``)::
 
     from zsad import deploy
     model = deploy.load("models/bracket")
-    for result in model.predict([image]):          # RGB uint8 arrays [H, W, 3], any size
-        result.score, result.decision, result.anomaly_map   # map: float32 at the image's own size
+    for inspection in model.inspect([image], ["bracket-0001.png"]):   # RGB uint8 [H, W, 3], any size
+        inspection.score, inspection.decision, inspection.regions   # .anomaly_map: float32, the image's size
 
 The runtime does no method math: it resizes each image (or each tile) to the model's input size exactly
-as ``zsad predict`` does, runs the graph, resizes the map back (bilinear, half-pixel centres, as
-PyTorch's ``interpolate(align_corners=False)``) and compares the score with the artefact's thresholds.
-It is also a :class:`~zsad.inference.calibration.Scorer`, so ``zsad predict --model`` writes the same outputs
-as the PyTorch path.
+as ``zsad predict`` does, runs the graph and resizes the map back (bilinear, half-pixel centres, as
+PyTorch's ``interpolate(align_corners=False)``). It is a :class:`~zsad.inference.scoring.Model` of the
+one inspection loop, so decisions, regions, tiling and ``zsad predict --model``'s outputs are those of the
+PyTorch path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from zsad import __version__
 from zsad.errors import ConfigError, DataError
+from zsad.inference.inspection import Inspection, Thresholds
 from zsad.inference.overlay import resize_image
-from zsad.inference.folder import Thresholds, decision
-from zsad.inference.tiling import Tiling, predict_tiled
+from zsad.inference.scoring import Inspector, ModelOutput, Scorer
+from zsad.inference.tiling import Tiling
 
 FORMAT = "zsad-model"
 FORMAT_VERSION = 1
 METADATA = "zsad-model.json"
-
-
-@dataclass
-class Result:
-    score: float
-    decision: str  # "anomalous", "normal", or "" without an image threshold
-    anomaly_map: np.ndarray
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -109,12 +103,9 @@ class DeployedModel:
                                   f"truncated); export it again")
         self.size = int(self.meta["input_size"])
         self.batch_size = batch_size
-        known = {f.name for f in fields(Thresholds)}
-        saved = {k: v for k, v in self.meta["thresholds"].items() if k in known}
-        self.thresholds = Thresholds(**saved)
-        if self.thresholds.colour_range is not None:
-            self.thresholds.colour_range = tuple(self.thresholds.colour_range)
+        self.thresholds = Thresholds.from_dict(self.meta["thresholds"], f"{self.folder / METADATA}: thresholds")
         self.tiling = Tiling(**self.meta["tiling"]) if self.meta.get("tiling") else None
+        self.scorer = Scorer(self, self.tiling, batch_size)
         self.name = str(self.meta.get("method", ""))
         self.class_name = str(self.meta.get("class_name", "object"))
         self._run = self._onnx() if self.meta["runtime"] == "onnx" else self._openvino()
@@ -145,38 +136,28 @@ class DeployedModel:
             raise ConfigError(f"{path}: OpenVINO cannot load it ({' '.join(str(err).split())[:200]})") from None
         return lambda batch: [compiled(batch)[i] for i in range(2)]
 
-    # --- the Scorer protocol --------------------------------------------------------------------------
+    # --- the Model of the inspection loop -------------------------------------------------------------
     def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
         """Nothing to prepare: the product's state was folded in at export."""
 
-    def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
-        """``(score, float32 map at the image's own size)`` per RGB ``uint8`` image ``[H, W, 3]``."""
+    def run(self, pieces: list[np.ndarray]) -> ModelOutput:
+        """The graph on pieces of any size resized to the input size, in batches; maps back at each size."""
+        maps, scores = [], []
+        for start in range(0, len(pieces), self.batch_size):
+            chunk = pieces[start : start + self.batch_size]
+            batch = np.stack([resize_image(np.ascontiguousarray(p), (self.size, self.size)) for p in chunk])
+            anomaly_map, score = self._run(batch)
+            maps += [resize_map(np.asarray(m, dtype=np.float32), p.shape[:2]) for p, m in zip(chunk, anomaly_map)]
+            scores.append(np.asarray(score, dtype=np.float32))
+        return ModelOutput(maps, np.concatenate(scores))
+
+    # --- inspections ----------------------------------------------------------------------------------
+    def inspect(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> list[Inspection]:
+        """Inspections of RGB ``uint8`` images ``[H, W, 3]`` under the artefact's thresholds."""
         for image in images:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise DataError(f"images must be RGB uint8 arrays [H, W, 3]; got {image.dtype} {list(image.shape)}")
-        if self.tiling is not None:
-            return [predict_tiled(image, self.tiling, self._at_own_size, self.batch_size) for image in images]
-        maps, scores = self._at_own_size(images)
-        return [(float(score), anomaly_map) for score, anomaly_map in zip(scores, maps)]
-
-    def _at_own_size(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-        """The graph on images (or tiles) resized to the input size; maps resized back to each one's size."""
-        maps, scores = self.run([resize_image(np.ascontiguousarray(p), (self.size, self.size)) for p in pieces])
-        return [resize_map(m, piece.shape[:2]) for piece, m in zip(pieces, maps)], scores
-
-    def run(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The graph on images already at the input size, in batches: maps ``[N, S, S]``, scores ``[N]``."""
-        maps, scores = [], []
-        for start in range(0, len(pieces), self.batch_size):
-            anomaly_map, score = self._run(np.stack(pieces[start : start + self.batch_size]))
-            maps.append(np.asarray(anomaly_map, dtype=np.float32))
-            scores.append(np.asarray(score, dtype=np.float32))
-        return np.concatenate(maps), np.concatenate(scores)
-
-    # --- decisions ------------------------------------------------------------------------------------
-    def results(self, images: list[np.ndarray]) -> list[Result]:
-        return [Result(score, decision(score, self.thresholds.image), anomaly_map)
-                for score, anomaly_map in self.predict(images)]
+        return Inspector(self.scorer, self.thresholds).inspect(images, sources)
 
 
 def _providers(onnxruntime) -> list[str]:

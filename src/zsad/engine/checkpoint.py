@@ -23,6 +23,7 @@ written by a newer zsad instead of misreading them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ from torch import Tensor
 from zsad import __version__
 from zsad.core import io
 from zsad.errors import ConfigError
+from zsad.inference.calibration import held_out_thresholds
+from zsad.inference.inspection import Thresholds
 
 FORMAT = "zsad-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE_JSON = "train_state.json"
@@ -104,8 +107,21 @@ def _unversioned_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "method_version": data.get("method_version", 1)}
 
 
+def _thresholds_with_provenance(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 stores held-out thresholds as :class:`~zsad.inference.inspection.Thresholds` (one type
+    for checkpoints, exports, predict and the service); version 1 had their own shape."""
+    old = data.get("thresholds")
+    if old is not None:
+        achieved = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in old["achieved"].items()}
+        calibration = {"kind": "held-out", "target_fpr": old["target_fpr"], "pixel_fpr": old["pixel_fpr"],
+                       **old["held_out"], **achieved}
+        data["thresholds"] = held_out_thresholds(old["image"], old["pixel"], tuple(old["colour_range"]),
+                                                 calibration).to_dict()
+    return data
+
+
 # FORMAT_UPGRADES[v] turns a version-v config.json into version v + 1.
-FORMAT_UPGRADES = {0: _unversioned_to_1}
+FORMAT_UPGRADES = {0: _unversioned_to_1, 1: _thresholds_with_provenance}
 
 
 def save_checkpoint(directory: str | Path, method_name: str, config: dict[str, Any],
@@ -198,3 +214,9 @@ def _key(k: Any) -> Any:
 
 def _unkey(k: Any) -> Any:
     return k["int"] if isinstance(k, dict) else k
+
+
+def stored_thresholds(directory: str | Path) -> Thresholds | None:
+    """The decision thresholds a checkpoint carries (calibrated at training time), or None."""
+    saved = read_config(directory).get("thresholds")
+    return None if saved is None else Thresholds.from_dict(saved, f"{Path(directory) / CONFIG}: thresholds")

@@ -7,10 +7,12 @@ and predicts every test image in batches; the seven metrics are computed per cat
 averaged over categories per seed, then reported as mean ± std over seeds (population std, ddof=0).
 k = 0 is deterministic and runs once.
 
-With ``tiling``, images and references are read at their own resolution and cut into tiles at the
-method's input size (:mod:`zsad.inference.tiling`); the stitched maps and the masks are compared at the source
-resolution, or at ``eval_size`` pixels square when given (needed when a category mixes image sizes).
-Per-image score parts are not kept under tiling, so the named test-set normalisations do not apply.
+Images are scored by the inspection loop's :class:`~zsad.inference.scoring.Scorer`, as ``zsad predict``
+scores them. Without tiling they are read at the method's input size. With ``tiling``, images and
+references are read at their own resolution and cut into tiles at the method's input size
+(:mod:`zsad.inference.tiling`); the stitched maps and the masks are compared at the source resolution,
+or at ``eval_size`` pixels square when given (needed when a category mixes image sizes). Per-image score
+parts are not kept under tiling, so the named test-set normalisations do not apply.
 
 The work is a flat list of :class:`Run` s so that it can be sharded across processes
 (:mod:`zsad.engine.distributed`) with results identical to a single process.
@@ -29,20 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 
+from zsad.config import check_range
 from zsad.core import io
 from zsad.data import AnomalyDataset, load_sample
+from zsad.data.loading import load_arrays
 from zsad.data.types import Record
-from zsad.config import check_range
 from zsad.engine import distributed
-from zsad.engine.scorer import MethodScorer
+from zsad.engine.scorer import method_scorer
 from zsad.errors import ConfigError, DataError
+from zsad.inference.scoring import Scored
+from zsad.inference.tiling import Tiling
 from zsad.methods.base import Method
 from zsad.metrics import METRIC_KEYS, compute_metrics
 from zsad.metrics.compat import COMPAT_AUPRO, aupro_compat
-from zsad.core.runtime import autocast
-from zsad.inference.tiling import Tiling
 
 
 @dataclass
@@ -125,14 +127,6 @@ def draw_references(records: list[Record], k: int, seed: int, category: str) -> 
     return [records[i] for i in sorted(rng.choice(len(records), size=k, replace=False))]
 
 
-def load_images(records: list[Record], image_size: int) -> tuple[Tensor, Tensor]:
-    """Decoded images ``[N, 3, S, S]`` uint8 and masks ``[N, S, S]`` bool (kept compact on the CPU)."""
-    samples = [load_sample(r, image_size) for r in records]
-    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
-    masks = torch.from_numpy(np.stack([s.mask for s in samples]))
-    return images, masks
-
-
 class Evaluator:
     """Runs :class:`Run` s of one method on one dataset, caching each category's decoded test set."""
 
@@ -144,76 +138,70 @@ class Evaluator:
         self.config = config
         self.progress = progress
         self.on_predictions = on_predictions
-        self.image_size = method.config.image_size
-        self._cached: tuple[str, list[Record], Tensor, Tensor] | None = None
+        self.scorer = method_scorer(method, config.tiling, config.batch_size, config.precision)
+        self._cached: tuple[str, list[Record], np.ndarray, np.ndarray] | None = None
 
-    def test_set(self, category: str) -> tuple[list[Record], Tensor, Tensor]:
+    @property
+    def read_size(self) -> int | None:
+        """Images are read at the method's input size, or at their own when tiled."""
+        return None if self.config.tiling is not None else self.method.config.image_size
+
+    def test_set(self, category: str) -> tuple[list[Record], np.ndarray | None, np.ndarray | None]:
+        """The category's test records and, untiled, its decoded images and masks (decoded once, reused by
+        every reference draw); tiled runs read each image when it is scored (sizes may differ)."""
         if self._cached is None or self._cached[0] != category:
             records = self.dataset.records(category, "test")
-            self._cached = (category, records, *load_images(records, self.image_size))
+            self._cached = (category, records, *(load_arrays(records, self.read_size) if self.read_size
+                                                  else (None, None)))
         return self._cached[1:]
 
-    def references(self, run: Run) -> tuple[list[Record], Tensor | None]:
+    def references(self, run: Run) -> tuple[list[Record], list[np.ndarray] | None]:
         if run.shots == 0:
             return [], None
         chosen = draw_references(self.dataset.records(run.category, "train"), run.shots, run.seed, run.category)
-        images, _ = load_images(chosen, self.image_size)
-        return chosen, images.to(self.method.device).float().div_(255)
+        return chosen, [load_sample(r, self.read_size).image for r in chosen]
 
-    @torch.inference_mode()
     def run(self, run: Run) -> RunResult:
-        if self.config.tiling is not None:
-            return self._tiled_run(run)
         records, images, masks = self.test_set(run.category)
         ref_records, refs = self.references(run)
-        device = self.method.device
-        with autocast(device, self.config.precision):
-            self.method.prepare(run.category, refs)
-        maps, scores, parts = [], [], {}
+        self.scorer.prepare(run.category, refs)
+        scored: list[Scored] = []
+        mask_list = []
         for start in range(0, len(records), self.config.batch_size):
-            batch = images[start : start + self.config.batch_size].to(device).float().div_(255)
-            with autocast(device, self.config.precision):
-                prediction = self.method.predict(batch)
-            maps.append(prediction.anomaly_map.float().cpu())
-            scores.append(prediction.score.float().cpu())
-            for name, part in prediction.score_parts.items():
-                parts.setdefault(name, []).append(part.float().cpu())
+            chunk = records[start : start + self.config.batch_size]
+            if images is not None:
+                scored += self.scorer.score(images[start : start + len(chunk)])
+            else:
+                samples = [load_sample(r) for r in chunk]
+                scored += self.scorer.score([s.image for s in samples])
+                mask_list += [s.mask for s in samples]
             if self.progress:
-                self.progress(len(batch))
-        anomaly_maps = torch.cat(maps).numpy()
-        score_parts = {name: torch.cat(values) for name, values in parts.items()}
-        image_scores = self.method.category_scores(torch.cat(scores), score_parts).numpy()
-        if anomaly_maps.shape != tuple(masks.shape):
+                self.progress(len(chunk))
+        maps = [s.anomaly_map for s in scored]
+        if images is None:
+            maps, masks = self._at_eval_size(run.category, maps, mask_list)
+        scores = torch.from_numpy(np.array([s.score for s in scored], dtype=np.float32))
+        parts = {name: torch.from_numpy(np.array([s.parts[name] for s in scored], dtype=np.float32))
+                 for name in (scored[0].parts if scored else {})}
+        image_scores = self.method.category_scores(scores, parts).numpy()
+        anomaly_maps = np.stack(maps)
+        if anomaly_maps.shape != masks.shape:
             raise RuntimeError(f"{self.method.name} returned maps of shape {anomaly_maps.shape}, "
-                               f"expected {tuple(masks.shape)}")
-        return self._result(run, records, ref_records, image_scores, anomaly_maps, masks.numpy())
+                               f"expected {masks.shape}")
+        return self._result(run, records, ref_records, image_scores, anomaly_maps, masks)
 
-    def _tiled_run(self, run: Run) -> RunResult:
-        """Images at their own resolution through :class:`MethodScorer` with the configured tiling."""
-        records = self.dataset.records(run.category, "test")
-        ref_records = [] if run.shots == 0 else draw_references(self.dataset.records(run.category, "train"),
-                                                                run.shots, run.seed, run.category)
-        scorer = MethodScorer(self.method, self.config.tiling, self.config.batch_size, self.config.precision)
-        scorer.prepare(run.category, [load_sample(r).image for r in ref_records] or None)
-        scores, maps, masks = [], [], []
-        for record in records:
-            sample = load_sample(record)
-            (score, anomaly_map), = scorer.predict([sample.image])
-            mask = sample.mask
-            if self.config.eval_size:
-                size = (self.config.eval_size, self.config.eval_size)
-                anomaly_map = np.asarray(Image.fromarray(anomaly_map).resize(size, Image.Resampling.BILINEAR))
-                mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
-            scores.append(score)
-            maps.append(anomaly_map)
-            masks.append(mask)
-            if self.progress:
-                self.progress(1)
+    def _at_eval_size(self, category: str, maps: list[np.ndarray], masks: list[np.ndarray],
+                      ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Tiled maps and masks at their source size, or at ``eval_size`` square; one size per category."""
+        if self.config.eval_size:
+            size = (self.config.eval_size, self.config.eval_size)
+            maps = [np.asarray(Image.fromarray(m).resize(size, Image.Resampling.BILINEAR)) for m in maps]
+            masks = [np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]
         shapes = sorted({m.shape for m in maps})
         if len(shapes) > 1:
-            raise DataError(f"category {run.category!r} mixes image sizes {shapes[:3]}: give --eval-size N to "
+            raise DataError(f"category {category!r} mixes image sizes {shapes[:3]}: give --eval-size N to "
                             f"compare tiled maps and masks at one size")
-        return self._result(run, records, ref_records, np.array(scores), np.stack(maps), np.stack(masks))
+        return maps, np.stack(masks)
 
     def _result(self, run: Run, records: list[Record], ref_records: list[Record], image_scores: np.ndarray,
                 anomaly_maps: np.ndarray, mask_array: np.ndarray) -> RunResult:

@@ -27,9 +27,8 @@ from zsad.data import AnomalyDataset
 from zsad.engine.build import build_method
 from zsad.engine.checkpoint import read_config
 from zsad.engine.evaluate import EvalConfig, evaluate, write_results
-from zsad.engine.train import Trainer, has_checkpoint, train_config_for, training_records
+from zsad.engine.assembly import TrainingPlan, train_method
 from zsad.errors import ConfigError
-from zsad.methods import method_class
 from zsad.protocols import Flavour, Protocol
 
 _log = logging.getLogger("zsad")
@@ -168,27 +167,19 @@ def _evaluation_overrides(protocol: Protocol, flavour: Flavour, target: str, aux
 
 def _train(protocol: Protocol, flavour: Flavour, auxiliary: str, dataset: AnomalyDataset, deviations: Deviations,
            folder: Path, device: Any) -> Path:
-    """Every training stage on ``auxiliary``; returns the last stage's checkpoint folder. A folder from an
-    earlier run of the same reproduction is resumed (a finished stage trains no further; other settings are
-    refused, naming the change)."""
+    """Every training stage on ``auxiliary`` through the training assembly; returns the last stage's
+    checkpoint. A folder from an earlier run of the same reproduction is resumed (a finished stage trains
+    no further; other settings are refused, naming the change). The protocols train on the whole auxiliary
+    set, so no images are held out for thresholds (their metrics need none)."""
     settings = protocol.flavours[flavour]
     per_auxiliary = settings.get("per_auxiliary", {}).get(auxiliary, {})
-    previous: Path | None = None
-    for index, stage in enumerate(protocol.stages):
-        stage_folder = folder / (stage.get("stage") or "model")
-        config = {**_method_config(protocol, flavour, auxiliary), **stage}
-        overrides = [*_as_overrides(config, protocol, _backbone(protocol, deviations)), *deviations.overrides]
-        method = build_method(protocol.method, checkpoint=previous, backbone=_backbone(protocol, deviations),
-                              weights=deviations.weights, image_size=deviations.image_size or protocol.image_size,
-                              overrides=overrides, device=device, partial=True)
-        train_config = train_config_for(method_class(protocol.method),
-                                        {**settings.get("train", {}), **per_auxiliary.get("train", {}),
-                                         **deviations.train}, method.config)
-        trainer = Trainer(method, training_records([dataset], train_config), train_config, stage_folder,
-                          meta={"data": [auxiliary], "weights": deviations.weights})
-        if has_checkpoint(stage_folder):
-            trainer.resume()
-        trainer.fit()
-        previous = stage_folder
-    assert previous is not None
-    return previous
+    backbone = _backbone(protocol, deviations)
+    plan = TrainingPlan(
+        protocol.method, [auxiliary], folder, backbone=backbone, weights=deviations.weights,
+        image_size=deviations.image_size or protocol.image_size,
+        overrides=[*_as_overrides(_method_config(protocol, flavour, auxiliary), protocol, backbone),
+                   *deviations.overrides],
+        train={**settings.get("train", {}), **per_auxiliary.get("train", {}), "calibration_fraction": 0.0,
+               **deviations.train},
+        resume=True, device=device)
+    return train_method(plan, datasets=[dataset]).checkpoint

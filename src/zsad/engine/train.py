@@ -40,7 +40,10 @@ from zsad.engine.checkpoint import (
     unflatten_state,
 )
 from zsad.engine import distributed
-from zsad.inference.calibration import StoredThresholds, calibrate_on_held_out, pixel_sample
+from zsad.data.loading import load_arrays
+from zsad.engine.scorer import method_scorer
+from zsad.inference.calibration import calibrate_on_held_out, pixel_sample
+from zsad.inference.inspection import Thresholds
 from zsad.engine.feature_cache import FeatureCache
 from zsad.errors import ConfigError, DataError
 from zsad.methods.base import Method, MethodConfig
@@ -356,28 +359,22 @@ def has_checkpoint(out: str | Path) -> bool:
     return (Path(out) / CONFIG).is_file()
 
 
-@torch.inference_mode()
-def calibrate_held_out(method: Method, records: list[Record], config: TrainConfig) -> StoredThresholds:
+def calibrate_held_out(method: Method, records: list[Record], config: TrainConfig) -> Thresholds:
     """Decision thresholds of a trained zero-shot ``method`` from auxiliary ``records`` it never trained
-    on (see :func:`hold_out_for_calibration`), each category prepared from its name alone."""
-    from zsad.engine.evaluate import load_images  # the evaluation loader, so maps match evaluation's
-
+    on (see :func:`hold_out_for_calibration`), each category prepared from its name alone and scored by
+    the inspection loop as evaluation scores it."""
     method.eval()
+    scorer = method_scorer(method, batch_size=config.batch_size, precision=config.precision)
     scores, labels, normal_pixels = [], [], []
     categories = sorted({r.category for r in records})
     for category in categories:
         items = [r for r in records if r.category == category]
-        method.prepare(category, None)
-        images, masks = load_images(items, method.config.image_size)
-        for start in range(0, len(items), config.batch_size):
-            batch = images[start : start + config.batch_size].to(method.device).float().div_(255)
-            with autocast(method.device, config.precision):
-                prediction = method.predict(batch)
-            maps = prediction.anomaly_map.float().cpu().numpy()
-            for anomaly_map, mask in zip(maps, masks[start : start + config.batch_size].numpy()):
-                normal_pixels.append(pixel_sample(np.where(mask, np.nan, anomaly_map)))
-            scores.append(prediction.score.float().cpu().numpy())
+        scorer.prepare(category, None)
+        images, masks = load_arrays(items, method.config.image_size)
+        for scored, mask in zip(scorer.score(images), masks):
+            normal_pixels.append(pixel_sample(np.where(mask, np.nan, scored.anomaly_map)))
+            scores.append(scored.score)
         labels += [r.label for r in items]
     pixels = np.concatenate(normal_pixels)
-    return calibrate_on_held_out(np.concatenate(scores), np.array(labels), pixels[~np.isnan(pixels)],
+    return calibrate_on_held_out(np.array(scores, dtype=np.float32), np.array(labels), pixels[~np.isnan(pixels)],
                                  len(categories), config.target_fpr, config.pixel_fpr)

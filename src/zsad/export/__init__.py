@@ -38,13 +38,13 @@ from torch import Tensor, nn
 
 from zsad import __version__
 from zsad.core.io import umask
-from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, StoredThresholds
 from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
-from zsad.engine.scorer import MethodScorer
+from zsad.engine.scorer import method_scorer
 from zsad.errors import ConfigError
-from zsad.methods.base import Method
-from zsad.inference.folder import PredictConfig, calibrate
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate
+from zsad.inference.inspection import Thresholds
 from zsad.inference.tiling import Tiling
+from zsad.methods.base import Method
 
 OPSET = 18
 Format = Literal["onnx", "openvino"]
@@ -93,9 +93,10 @@ def export_graph(method: Method, path: Path, batch: int = 2) -> None:
 
 def export_model(method: Method, out: str | Path, class_name: str, references: list[np.ndarray] | None = None,
                  fmt: Format = "onnx", precision: Precision = "fp32", tiling: Tiling | None = None,
-                 stored: StoredThresholds | None = None, overwrite: bool = False,
+                 fixed: Thresholds | None = None, overwrite: bool = False,
                  source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Prepare ``method`` for ``class_name`` (and its ``references``), calibrate, export; return the metadata."""
+    """Prepare ``method`` for ``class_name`` (and its ``references``), calibrate, export; return the metadata.
+    Without references, ``fixed`` thresholds (a checkpoint's held-out calibration) go with the model."""
     import onnx
 
     out = Path(out)
@@ -103,11 +104,9 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
     if out.exists() and not (out.is_dir() and overwrite):
         raise ConfigError(f"{out} exists already: choose another --out or pass --overwrite to replace it")
     method.eval()
-    scorer = MethodScorer(method, tiling)
     rule = references is not None and len(references) >= (2 if method.few_shot else 1)
-    config = PredictConfig(class_name=class_name, threshold=IMAGE_RULE if rule else None,
-                           pixel_threshold=PIXEL_RULE if rule else None, stored=stored)
-    thresholds = calibrate(scorer, config, references)  # leaves the method prepared on all references
+    thresholds = calibrate(method_scorer(method, tiling), class_name, references, IMAGE_RULE if rule else None,
+                           PIXEL_RULE if rule else None, fixed)  # leaves the method prepared on all references
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -141,7 +140,7 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
                         "score": {"dtype": "float32", "shape": ["batch"]}},
             "postprocessing": "anomaly_map resized bilinearly (half-pixel centres) to each image's own size",
             "tiling": None if tiling is None else asdict(tiling),
-            "thresholds": asdict(thresholds), "references": len(references or []),
+            "thresholds": thresholds.to_dict(), "references": len(references or []),
             "opset": OPSET,
         }
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from zsad.errors import ConfigError
+from zsad.inference.inspection import Thresholds
+from zsad.inference.scoring import Scorer
 
 _MEAN_STD = re.compile(r"mean\+(\d+(?:\.\d+)?)std")
 _QUANTILE = re.compile(r"q(0(?:\.\d+)?|1(?:\.0*)?)")
@@ -68,18 +69,6 @@ def parse_threshold(text: str | None, default_rule: ThresholdRule) -> float | Th
         raise ConfigError(f"threshold must be a number, auto or auto:RULE, got {text!r}") from None
 
 
-class Scorer(Protocol):
-    """Anything that scores decoded images of any size: a prepared method (:class:`~zsad.engine.scorer.
-    MethodScorer`), with or without tiling, or an exported model of the torch-free runtime."""
-
-    few_shot: bool  # prepare() needs references
-    zero_shot: bool  # prepare() works without references
-
-    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None: ...
-
-    def predict(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]: ...
-
-
 def colour_range(normal_pixels: np.ndarray, pixel_threshold: float | None) -> tuple[float, float]:
     """A heatmap scale fixed for a product: the median normal pixel at the bottom, the pixel threshold
     (or the default pixel rule of the normal pixels) in the middle, so red means "above threshold"."""
@@ -115,9 +104,9 @@ def score_references(scorer: Scorer, class_name: str, references: list[np.ndarra
     k = len(references)
     if not scorer.few_shot:
         scorer.prepare(class_name, None)
-        results = scorer.predict(references)
-        return ReferenceScores(np.array([score for score, _ in results]),
-                               np.concatenate([pixel_sample(m) for _, m in results]), False)
+        results = scorer.score(references)
+        return ReferenceScores(np.array([r.score for r in results]),
+                               np.concatenate([pixel_sample(r.anomaly_map) for r in results]), False)
     if k < 2:
         raise ConfigError(f"automatic thresholds for a few-shot method score each reference against the "
                           f"others and need at least 2 references, got {k}; add references or give numeric "
@@ -125,38 +114,14 @@ def score_references(scorer: Scorer, class_name: str, references: list[np.ndarra
     scores, pixels = [], []
     for i in range(k):
         scorer.prepare(class_name, references[:i] + references[i + 1 :])
-        (score, anomaly_map), = scorer.predict([references[i]])
-        scores.append(score)
-        pixels.append(pixel_sample(anomaly_map))
+        (result,) = scorer.score([references[i]])
+        scores.append(result.score)
+        pixels.append(pixel_sample(result.anomaly_map))
     return ReferenceScores(np.array(scores), np.concatenate(pixels), True)
 
 
-@dataclass
-class StoredThresholds:
-    """Thresholds calibrated at training time on held-out auxiliary images, stored in the checkpoint, so
-    a zero-shot method decides on a new product without any reference image."""
-
-    image: float
-    pixel: float
-    target_fpr: float
-    pixel_fpr: float
-    colour_range: tuple[float, float]
-    held_out: dict[str, int]  # images, normal, defective, categories
-    achieved: dict[str, float]  # on the held-out images: image_fpr, image_tpr
-
-    @property
-    def source(self) -> str:
-        return (f"checkpoint: at most {100 * self.target_fpr:g}% of {self.held_out['normal']} held-out normal "
-                f"auxiliary images above it (target false-positive rate {100 * self.target_fpr:g}%)")
-
-    @property
-    def pixel_source(self) -> str:
-        return (f"checkpoint: q{1 - self.pixel_fpr:g} of held-out normal auxiliary pixels (target "
-                f"{100 * self.pixel_fpr:g}% of normal pixels outlined)")
-
-
 def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels: np.ndarray, categories: int,
-                          target_fpr: float, pixel_fpr: float) -> StoredThresholds:
+                          target_fpr: float, pixel_fpr: float) -> Thresholds:
     """Image threshold: just above the held-out normal score that leaves ``floor(target_fpr · n)`` of the
     ``n`` normal images at or above it, so the held-out false-positive rate never exceeds the target
     (with few held-out images this is conservative: below 1 / target_fpr of them it is their maximum).
@@ -171,8 +136,67 @@ def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels:
     image = float(np.nextafter(np.sort(normal)[len(normal) - allowed - 1], np.inf))
     pixel = float(np.quantile(normal_pixels, 1 - pixel_fpr))
     defective = scores[labels == 1]
-    return StoredThresholds(
-        image, pixel, target_fpr, pixel_fpr, colour_range(normal_pixels, pixel),
-        {"images": len(scores), "normal": len(normal), "defective": len(defective), "categories": categories},
-        {"image_fpr": float((normal >= image).mean()),
-         "image_tpr": float((defective >= image).mean()) if len(defective) else float("nan")})
+    return held_out_thresholds(image, pixel, colour_range(normal_pixels, pixel), {
+        "kind": "held-out", "target_fpr": target_fpr, "pixel_fpr": pixel_fpr, "images": len(scores),
+        "normal": len(normal), "defective": len(defective), "categories": categories,
+        "image_fpr": float((normal >= image).mean()),
+        "image_tpr": float((defective >= image).mean()) if len(defective) else None})
+
+
+def held_out_thresholds(image: float, pixel: float, colours: tuple[float, float],
+                        calibration: dict) -> Thresholds:
+    """Thresholds calibrated on held-out auxiliary images, their sources said in words from ``calibration``."""
+    target, pixel_fpr = calibration["target_fpr"], calibration["pixel_fpr"]
+    return Thresholds(
+        image, pixel,
+        image_source=f"checkpoint: at most {100 * target:g}% of {calibration['normal']} held-out normal auxiliary "
+                     f"images above it (target false-positive rate {100 * target:g}%)",
+        pixel_source=f"checkpoint: q{1 - pixel_fpr:g} of held-out normal auxiliary pixels (target "
+                     f"{100 * pixel_fpr:g}% of normal pixels outlined)",
+        colour_range=colours, calibration=calibration)
+
+
+Threshold = float | ThresholdRule | None  # a number, a rule read off normal images, or no decision
+
+
+def calibrate(scorer: Scorer, class_name: str, references: list[np.ndarray] | None, image: Threshold,
+              pixel: Threshold, fixed: Thresholds | None = None) -> Thresholds:
+    """A run's thresholds, and ``scorer`` left prepared for ``class_name`` (on all ``references``).
+
+    Rules (``auto``) are applied to the references' leave-one-out scores (see :func:`score_references`);
+    numbers are taken as given. Without references, ``fixed`` thresholds decide — a checkpoint's held-out
+    calibration or an exported model's — with any number given here in their place.
+    """
+    rules = [t for t in (image, pixel) if isinstance(t, ThresholdRule)]
+    if rules and references is None:
+        raise ConfigError("automatic thresholds calibrate on normal images: pass --refs DIR (a few normal "
+                          "images of this product) or numeric --threshold / --pixel-threshold values")
+    usable = references is not None and (rules or not scorer.few_shot or len(references) >= 2)
+    scored = score_references(scorer, class_name, references) if usable else None
+    if scored is not None:
+        thresholds = Thresholds(calibration={"kind": "references", "images": len(references),
+                                             "leave_one_out": scored.leave_one_out})
+        thresholds.image, thresholds.image_source = _resolve(image, scored.scores, "reference scores")
+        thresholds.pixel, thresholds.pixel_source = _resolve(pixel, scored.pixels, "reference pixels")
+        thresholds.reference_scores = scored.scores.tolist()
+        thresholds.colour_range = colour_range(scored.pixels, thresholds.pixel)
+    elif fixed is not None:
+        thresholds = Thresholds.from_dict(fixed.to_dict())
+        if image is not None:
+            thresholds.image, thresholds.image_source = _resolve(image, None, "")
+        if pixel is not None:
+            thresholds.pixel, thresholds.pixel_source = _resolve(pixel, None, "")
+    else:
+        thresholds = Thresholds()
+        thresholds.image, thresholds.image_source = _resolve(image, None, "")
+        thresholds.pixel, thresholds.pixel_source = _resolve(pixel, None, "")
+    scorer.prepare(class_name, references if scorer.few_shot else None)
+    return thresholds
+
+
+def _resolve(threshold: Threshold, normal_values: np.ndarray | None, what: str) -> tuple[float | None, str]:
+    if isinstance(threshold, ThresholdRule):
+        return threshold.apply(normal_values), f"auto: {threshold} of {what}"
+    if threshold is None:
+        return None, "none"
+    return float(threshold), "given"

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from zsad.inference.inspection import Inspection
+
 PREDICTED_COLOUR = (255, 255, 255)
 TRUTH_COLOUR = (0, 255, 0)
 GAP = 4  # pixels of white between panels
@@ -69,6 +71,15 @@ def side_by_side(*panels: np.ndarray) -> np.ndarray:
     gap = np.full((height, GAP, 3), 255, dtype=np.uint8)
     parts = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=-1) for p in panels]
     return np.concatenate([x for p in parts for x in (p, gap)][:-1], axis=1)
+
+
+def inspection_picture(image: np.ndarray, inspection: Inspection, opacity: float = 0.5) -> np.ndarray:
+    """The image beside its heatmap on the thresholds' colour scale (or the map's own range without one),
+    with the regions above the pixel threshold outlined."""
+    anomaly_map, thresholds = inspection.anomaly_map, inspection.thresholds
+    low, high = thresholds.colour_range or (float(anomaly_map.min()), float(anomaly_map.max()))
+    defects = anomaly_map >= thresholds.pixel if thresholds.pixel is not None else None
+    return side_by_side(image, heatmap_overlay(image, anomaly_map, low, high, defects, opacity))
 
 
 def mask_picture(mask: np.ndarray) -> np.ndarray:

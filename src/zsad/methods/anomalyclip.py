@@ -38,9 +38,8 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.components.losses import anchor_logits, anomalous_probability, segmentation_loss
-from zsad.methods.components.maps import anchor_map, sigma_for
+from zsad.methods.components.maps import anchor_map
 
-SIGMA_REFERENCE_SIZE = 518  # the input size at which the paper's sigma is given
 
 
 @dataclass
@@ -87,6 +86,7 @@ class ObjectAgnosticPrompts(nn.Module):
 @register
 class AnomalyClip(Method):
     name = "anomalyclip"
+    sigma_reference_size = 518  # the paper's sigma is given at 518 px
     zero_shot = True
     trainable = True
     Config = AnomalyClipConfig
@@ -175,7 +175,7 @@ class AnomalyClip(Method):
                                                  softmax_first=True).movedim(1, -1))
             for i in range(patches.shape[1])
         )
-        anomaly_map = self.blur(anomaly_map, sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE))
+        anomaly_map = self.smooth(anomaly_map, self.config.sigma)
         score = anomalous_probability(global_embedding, self.text_features, scale)
         return Prediction(anomaly_map, score)
 

@@ -129,7 +129,7 @@ class AprilGan(Method):
         if few_shot:
             distances = self.memory.distances([tokens[i] for i in self.few_shot_layers], features.grid)
             anomaly_map = anomaly_map + self.upsample(distances, size).sum(1)
-        anomaly_map = self.blur(anomaly_map, self.config.sigma)
+        anomaly_map = self.smooth(anomaly_map, self.config.sigma)
         if not few_shot:
             return Prediction(anomaly_map, text_probability)
         map_maximum = anomaly_map.flatten(1).amax(1)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from zsad.backbones.base import FeatureExtractor
 from zsad.data.types import Batch
 from zsad.errors import ConfigError
-from zsad.methods.components.maps import BorderMode, anchor_probabilities, gaussian_blur, upsample
+from zsad.methods.components.maps import BorderMode, anchor_probabilities, gaussian_blur, sigma_for, upsample
 
 
 @dataclass
@@ -85,6 +85,12 @@ class Method(nn.Module):
     # Prefixes of tensors that only training_loss reads (heads of auxiliary losses): a checkpoint whose copies
     # no longer fit the config (other layers, say) still loads for inference, with those left fresh.
     training_only: ClassVar[tuple[str, ...]] = ()
+    # Training stages in order, each a value of the config's ``stage`` field (SPG: its autoencoder, then its
+    # guides); empty for a method that trains in one stage. The training assembly chains them.
+    stages: ClassVar[tuple[str, ...]] = ()
+    # The input width in pixels at which the paper states its smoothing sigma; maps of another width scale it
+    # in proportion (see smooth). None: sigma is in pixels of the map itself.
+    sigma_reference_size: ClassVar[int | None] = None
     # Version of the config fields and tensor names in checkpoints; bump it with an upgrade_checkpoint step.
     config_version: ClassVar[int] = 1
     load_report: LoadReport | None = None  # set when built from a checkpoint (zsad.engine.build)
@@ -219,6 +225,13 @@ class Method(nn.Module):
     def blur(self, maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
         """:func:`~zsad.methods.components.maps.gaussian_blur` with the config's ``blur_mode``."""
         return gaussian_blur(maps, sigma, truncate, self.config.blur_mode)
+
+    def smooth(self, maps: Tensor, sigma: float) -> Tensor:
+        """Gaussian smoothing of maps ``[B, H, W]`` with the paper's ``sigma``, scaled from
+        :attr:`sigma_reference_size` to these maps' width: one rule for every method and input shape."""
+        if self.sigma_reference_size is not None:
+            sigma = sigma_for(maps.shape[-1], sigma, self.sigma_reference_size)
+        return self.blur(maps, sigma)
 
     def train(self, mode: bool = True) -> Method:
         """Train mode never reaches the frozen backbone (its dropout/norm statistics stay fixed)."""

@@ -45,5 +45,5 @@ class PatchKnn(Method):
     def predict(self, images: Tensor) -> Prediction:
         features = self.backbone(images, self.layers)
         distances = self.memory.distances(features.patch_tokens, features.grid)
-        anomaly_map = self.blur(self.upsample(distances, images.shape[-2:]).mean(1), self.config.sigma)
+        anomaly_map = self.smooth(self.upsample(distances, images.shape[-2:]).mean(1), self.config.sigma)
         return Prediction(anomaly_map, anomaly_map.flatten(1).amax(1))

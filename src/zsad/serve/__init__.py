@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from zsad.engine.scorer import MethodScorer
+from zsad.engine.scorer import method_scorer
 from zsad.methods.base import Method
 from zsad.serve.service import InspectionService, Limits
 from zsad.serve.store import Store
@@ -27,5 +27,5 @@ def build_service(method: Method, store: str | Path, tiling: Tiling | None = Non
                   describe: dict[str, Any] | None = None) -> InspectionService:
     base = fresh_copy(method)
     return InspectionService(Store(Path(store)),
-                             lambda: MethodScorer(fresh_copy(base), tiling, batch_size, precision),
+                             lambda: method_scorer(fresh_copy(base), tiling, batch_size, precision),
                              describe or {"method": method.name}, limits, batch_size, max_wait)

@@ -125,7 +125,7 @@ def create_app(service: InspectionService, token: str | None = None) -> FastAPI:
         uploads = await _read(images, limit)
         product, decoded, future = await run_in_threadpool(service.inspect, name, uploads)
         results = await asyncio.wrap_future(future)
-        return await run_in_threadpool(service.record, product, uploads, decoded, results)
+        return await run_in_threadpool(service.record, product, decoded, results)
 
     @app.get("/inspections")
     async def inspections(product: str | None = None, decision: str | None = None, since: float | None = None,

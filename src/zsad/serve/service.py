@@ -7,8 +7,9 @@ reference scores, ``max`` for images, ``q0.999`` of reference pixels for defect 
 are stored with the product, so a restart rebuilds the prepared state from the stored reference files
 without recalibrating or re-uploading anything.
 
-Each inspection records score, decision, the thresholds used, the defect regions (bounding boxes of the
-connected above-threshold areas of the map with their peak value) and an overlay PNG.
+Each inspection (:class:`~zsad.inference.inspection.Inspection`, from the same loop as ``zsad predict``)
+records score, decision, the thresholds used, the defect regions (box, peak, peak position, area, mean)
+and an overlay PNG.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from zsad.data import decode_image_bytes, load_image
-from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, Scorer
-from zsad.inference.folder import PredictConfig, Predictor, Thresholds, calibrate
 from zsad.errors import ConfigError, DataError, TooLargeError
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate
+from zsad.inference.inspection import Inspection
+from zsad.inference.overlay import inspection_picture, png_bytes
+from zsad.inference.scoring import Inspector, Scorer
 from zsad.serve.store import Product, Store, check_name
 from zsad.serve.worker import ModelWorker
-
-MAX_REGIONS = 50
 
 
 class NotFound(ConfigError):
@@ -66,7 +66,7 @@ class InspectionService:
         self.limits = limits or Limits()
         probe = new_scorer()
         self.few_shot, self.zero_shot = probe.few_shot, probe.zero_shot
-        self.worker = ModelWorker(self._prepared_scorer, batch_size, max_wait)
+        self.worker = ModelWorker(self._prepared_inspector, batch_size, max_wait)
 
     def close(self) -> None:
         self.worker.close()
@@ -109,63 +109,37 @@ class InspectionService:
 
     def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[np.ndarray]) -> Product:
         scorer = self.new_scorer()
-        config = PredictConfig(class_name=class_name, threshold=IMAGE_RULE, pixel_threshold=PIXEL_RULE)
-        thresholds = calibrate(scorer, config, images)
+        thresholds = calibrate(scorer, class_name, images, IMAGE_RULE, PIXEL_RULE)
         if self.store.has_product(name):  # created by a concurrent request meanwhile
             raise Conflict(f"a product named {name!r} exists already")
-        low, high = thresholds.colour_range or (None, None)
-        product = self.store.add_product(name, class_name, [(u.filename, u.data) for u in uploads], {
-            "image": thresholds.image, "pixel": thresholds.pixel, "image_source": thresholds.image_source,
-            "pixel_source": thresholds.pixel_source, "colour_low": low, "colour_high": high,
-            "reference_scores": thresholds.reference_scores})
-        self.worker.remember(name, scorer)
+        product = self.store.add_product(name, class_name, [(u.filename, u.data) for u in uploads], thresholds)
+        self.worker.remember(name, Inspector(scorer, product.thresholds))
         return product
 
-    def _prepared_scorer(self, name: str) -> Scorer:
+    def _prepared_inspector(self, name: str) -> Inspector:
         """After a restart: the product's state rebuilt from its stored references (on the model thread)."""
         product = self.product(name)
         scorer = self.new_scorer()
         references = [load_image(self.store.path(p)) for p in product.references]
         scorer.prepare(product.class_name, references if scorer.few_shot else None)
-        return scorer
+        return Inspector(scorer, product.thresholds)
 
     # --- inspections ----------------------------------------------------------------------------------
     def inspect(self, name: str, uploads: list[Upload]) -> tuple[Product, list[np.ndarray], Future]:
-        """Decode and queue; the future gives ``(score, map)`` per image. Nothing is recorded yet."""
+        """Decode and queue; the future gives an :class:`Inspection` per image. Nothing is recorded yet."""
         product = self.product(name)
         if not uploads:
             raise ConfigError("no images: post one or more files in the field 'images'")
         images = [self.decode(upload) for upload in uploads]
-        return product, images, self.worker.submit(name, images)
+        return product, images, self.worker.submit(name, images, [_filename(u) for u in uploads])
 
-    def record(self, product: Product, uploads: list[Upload], images: list[np.ndarray],
-               results: list[tuple[float, np.ndarray]]) -> list[dict[str, Any]]:
-        """Overlay, decision and regions of each result, written to the store (off the model's thread)."""
-        thresholds = Thresholds(product.image_threshold, product.pixel_threshold, product.image_source,
-                                product.pixel_source,
-                                None if product.colour_low is None else (product.colour_low, product.colour_high))
-        predictor = Predictor(PredictConfig(class_name=product.class_name), thresholds)
-        records = []
-        for upload, image, (score, anomaly_map) in zip(uploads, images, results):
-            regions = defect_regions(anomaly_map, product.pixel_threshold)
-            records.append(self.store.add_inspection(
-                product, Path(upload.filename).name or "image", image.shape[1], image.shape[0], score,
-                predictor.decision(score), regions, predictor.draw(image, anomaly_map)))
-        return records
+    def record(self, product: Product, images: list[np.ndarray], inspections: list[Inspection],
+               ) -> list[dict[str, Any]]:
+        """Each inspection with its overlay, written to the store (off the model's thread)."""
+        return [self.store.add_inspection(product, inspection.source, inspection,
+                                          png_bytes(inspection_picture(image, inspection)))
+                for image, inspection in zip(images, inspections)]
 
 
-def defect_regions(anomaly_map: np.ndarray, threshold: float | None) -> list[dict[str, Any]]:
-    """Bounding boxes (pixels of the image) of the 8-connected areas at or above ``threshold``, with their
-    peak value, highest peak first (at most :data:`MAX_REGIONS`)."""
-    if threshold is None:
-        return []
-    labels, count = ndimage.label(anomaly_map >= threshold, structure=np.ones((3, 3)))
-    if count == 0:
-        return []
-    peaks = ndimage.maximum(anomaly_map, labels, index=np.arange(1, count + 1))
-    regions = []
-    for number, box in enumerate(ndimage.find_objects(labels)):
-        rows, cols = box
-        regions.append({"x": int(cols.start), "y": int(rows.start), "width": int(cols.stop - cols.start),
-                        "height": int(rows.stop - rows.start), "peak": float(peaks[number])})
-    return sorted(regions, key=lambda r: -r["peak"])[:MAX_REGIONS]
+def _filename(upload: Upload) -> str:
+    return Path(upload.filename).name or "image"

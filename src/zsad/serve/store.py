@@ -26,6 +26,7 @@ from typing import Any
 
 from zsad.core import io
 from zsad.errors import ConfigError
+from zsad.inference.inspection import Inspection, Thresholds
 
 DATABASE = "zsad.sqlite3"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -68,6 +69,23 @@ MIGRATIONS = [
     );
     CREATE INDEX inspections_by_product ON inspections(product_id, created);
     """,
+    # 2: a product's thresholds as one JSON document (zsad.inference.inspection.Thresholds), the type that
+    # checkpoints, exports and predict share, instead of seven columns converted by hand.
+    """
+    ALTER TABLE products ADD COLUMN thresholds TEXT NOT NULL DEFAULT '{}';
+    UPDATE products SET thresholds = json_object(
+        'image', image_threshold, 'pixel', pixel_threshold, 'image_source', image_source,
+        'pixel_source', pixel_source,
+        'colour_range', CASE WHEN colour_low IS NULL THEN NULL ELSE json_array(colour_low, colour_high) END,
+        'reference_scores', json(reference_scores), 'calibration', json_object());
+    ALTER TABLE products DROP COLUMN image_threshold;
+    ALTER TABLE products DROP COLUMN pixel_threshold;
+    ALTER TABLE products DROP COLUMN image_source;
+    ALTER TABLE products DROP COLUMN pixel_source;
+    ALTER TABLE products DROP COLUMN colour_low;
+    ALTER TABLE products DROP COLUMN colour_high;
+    ALTER TABLE products DROP COLUMN reference_scores;
+    """,
 ]
 
 
@@ -85,21 +103,16 @@ class Product:
     name: str
     class_name: str
     created: float
-    image_threshold: float | None
-    pixel_threshold: float | None
-    image_source: str
-    pixel_source: str
-    colour_low: float | None
-    colour_high: float | None
-    reference_scores: list[float]
+    thresholds: Thresholds
     references: list[str]  # stored reference files, relative to the store
 
     def public(self) -> dict[str, Any]:
+        t = self.thresholds
         return {"name": self.name, "class_name": self.class_name, "created": self.created,
                 "references": len(self.references),
-                "thresholds": {"image": self.image_threshold, "pixel": self.pixel_threshold,
-                               "image_source": self.image_source, "pixel_source": self.pixel_source},
-                "reference_scores": self.reference_scores}
+                "thresholds": {"image": t.image, "pixel": t.pixel, "image_source": t.image_source,
+                               "pixel_source": t.pixel_source, "calibration": t.calibration},
+                "reference_scores": t.reference_scores}
 
 
 class Store:
@@ -154,7 +167,7 @@ class Store:
 
     # --- products -------------------------------------------------------------------------------------
     def add_product(self, name: str, class_name: str, references: list[tuple[str, bytes]],
-                    thresholds: dict[str, Any]) -> Product:
+                    thresholds: Thresholds) -> Product:
         """Write the reference files, then the product's row and its references' rows in one transaction."""
         paths = []
         for number, (filename, data) in enumerate(references):
@@ -163,11 +176,8 @@ class Store:
             paths.append(self.write_file(f"products/{name}/references/{number:03d}{suffix}", data))
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO products (name, class_name, created, image_threshold, pixel_threshold, image_source, "
-                "pixel_source, colour_low, colour_high, reference_scores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, class_name, time.time(), thresholds["image"], thresholds["pixel"], thresholds["image_source"],
-                 thresholds["pixel_source"], thresholds["colour_low"], thresholds["colour_high"],
-                 json.dumps(thresholds["reference_scores"])))
+                "INSERT INTO products (name, class_name, created, thresholds) VALUES (?, ?, ?, ?)",
+                (name, class_name, time.time(), json.dumps(thresholds.to_dict())))
             db.executemany("INSERT INTO reference_images (product_id, filename, path) VALUES (?, ?, ?)",
                            [(cursor.lastrowid, f, p) for (f, _), p in zip(references, paths)])
         return self.product(name)
@@ -184,7 +194,7 @@ class Store:
             refs = [r["path"] for r in self._db.execute(
                 "SELECT path FROM reference_images WHERE product_id = ? ORDER BY id", (row["id"],))]
         data = dict(row)
-        data["reference_scores"] = json.loads(data["reference_scores"])
+        data["thresholds"] = Thresholds.from_dict(json.loads(data["thresholds"]), f"product {name!r}: thresholds")
         return Product(**data, references=refs)
 
     def products(self) -> list[Product]:
@@ -193,15 +203,17 @@ class Store:
         return [self.product(n) for n in names]
 
     # --- inspections ----------------------------------------------------------------------------------
-    def add_inspection(self, product: Product, filename: str, width: int, height: int, score: float,
-                       decision: str, regions: list[dict[str, Any]], overlay: bytes) -> dict[str, Any]:
+    def add_inspection(self, product: Product, filename: str, inspection: Inspection, overlay: bytes,
+                       ) -> dict[str, Any]:
         """Reserve the id, write the overlay file under it, then commit the row: nothing half-recorded."""
+        width, height = inspection.size
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO inspections (product_id, filename, created, width, height, score, decision, "
                 "image_threshold, pixel_threshold, regions, overlay) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
-                (product.id, filename, time.time(), width, height, score, decision, product.image_threshold,
-                 product.pixel_threshold, json.dumps(regions)))
+                (product.id, filename, time.time(), width, height, inspection.score, inspection.decision,
+                 inspection.thresholds.image, inspection.thresholds.pixel,
+                 json.dumps([r.to_dict() for r in inspection.regions])))
             number = cursor.lastrowid
             overlay_path = self.write_file(f"inspections/{number}.png", overlay)
             db.execute("UPDATE inspections SET overlay = ? WHERE id = ?", (overlay_path, number))
@@ -240,5 +252,13 @@ def _inspection(row: sqlite3.Row) -> dict[str, Any]:
     return {"id": data["id"], "product": data["product"], "filename": data["filename"], "created": data["created"],
             "width": data["width"], "height": data["height"], "score": data["score"], "decision": data["decision"],
             "thresholds": {"image": data["image_threshold"], "pixel": data["pixel_threshold"]},
-            "regions": json.loads(data["regions"]), "overlay": data["overlay"],
+            "regions": [_region(r) for r in json.loads(data["regions"])], "overlay": data["overlay"],
             "overlay_url": f"/inspections/{data['id']}/overlay"}
+
+
+def _region(region: dict[str, Any]) -> dict[str, Any]:
+    """A stored region in today's shape; stores written before regions had a box kept x/y/width/height."""
+    if "box" in region:
+        return region
+    return {"box": [region["x"], region["y"], region["width"], region["height"]], "peak": region["peak"],
+            "peak_at": None, "area": None, "mean": None}

@@ -2,7 +2,7 @@
 
 Jobs that arrive together are batched: the worker takes the first job, then keeps collecting for up to
 ``max_wait`` seconds or until ``batch_size`` images are queued, and runs each product's images in one
-model call (the scorer batches them ``batch_size`` at a time). Each product's prepared method is kept
+model call (the scorer batches them ``batch_size`` at a time). Each product's prepared inspector is kept
 (least recently used first out), so switching between products does not rebuild reference memories.
 """
 
@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from zsad.inference.calibration import Scorer
-
+from zsad.inference.scoring import Inspector
 
 
 @dataclass
 class Job:
-    key: str  # the product whose prepared scorer runs it
+    key: str  # the product whose prepared inspector runs it
     images: list[np.ndarray]
+    sources: list[str]  # the images' names, as the inspections carry them
     future: Future = field(default_factory=Future)
 
 
@@ -39,20 +39,20 @@ class Call:
 
 
 class ModelWorker:
-    """Runs model work on its own thread; ``scorer_for(key)`` builds a prepared scorer for a product."""
+    """Runs model work on its own thread; ``inspector_for(key)`` builds a prepared inspector for a product."""
 
-    def __init__(self, scorer_for: Callable[[str], Scorer], batch_size: int = 8, max_wait: float = 0.005,
+    def __init__(self, inspector_for: Callable[[str], Inspector], batch_size: int = 8, max_wait: float = 0.005,
                  cached_products: int = 16) -> None:
-        self.scorer_for = scorer_for
+        self.inspector_for = inspector_for
         self.batch_size, self.max_wait, self.cached_products = batch_size, max_wait, cached_products
         self._queue: queue.Queue[Job | Call | None] = queue.Queue()
-        self._scorers: OrderedDict[str, Scorer] = OrderedDict()
+        self._inspectors: OrderedDict[str, Inspector] = OrderedDict()
         self._thread = threading.Thread(target=self._loop, name="zsad-model", daemon=True)
         self.calls = 0  # model calls made, for tests and benchmarks
         self._thread.start()
 
-    def submit(self, key: str, images: list[np.ndarray]) -> Future:
-        job = Job(key, images)
+    def submit(self, key: str, images: list[np.ndarray], sources: list[str]) -> Future:
+        job = Job(key, images, sources)
         self._queue.put(job)
         return job.future
 
@@ -61,22 +61,22 @@ class ModelWorker:
         self._queue.put(call)
         return call.future
 
-    def remember(self, key: str, scorer: Scorer) -> None:
-        """Keep an already prepared scorer (on the worker thread only, i.e. from inside :meth:`call`)."""
-        self._scorers[key] = scorer
-        self._scorers.move_to_end(key)
-        while len(self._scorers) > self.cached_products:
-            self._scorers.popitem(last=False)
+    def remember(self, key: str, inspector: Inspector) -> None:
+        """Keep an already prepared inspector (on the worker thread only, i.e. from inside :meth:`call`)."""
+        self._inspectors[key] = inspector
+        self._inspectors.move_to_end(key)
+        while len(self._inspectors) > self.cached_products:
+            self._inspectors.popitem(last=False)
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    def _scorer(self, key: str) -> Scorer:
-        if key not in self._scorers:
-            self.remember(key, self.scorer_for(key))
-        self._scorers.move_to_end(key)
-        return self._scorers[key]
+    def _inspector(self, key: str) -> Inspector:
+        if key not in self._inspectors:
+            self.remember(key, self.inspector_for(key))
+        self._inspectors.move_to_end(key)
+        return self._inspectors[key]
 
     def _collect(self, first: Job) -> tuple[list[Job], list[Call | None]]:
         jobs, others = [first], []
@@ -118,8 +118,9 @@ class ModelWorker:
             by_key.setdefault(job.key, []).append(job)
         for key, group in by_key.items():
             try:
-                scorer = self._scorer(key)
-                results = scorer.predict([image for job in group for image in job.images])
+                inspector = self._inspector(key)
+                results = inspector.inspect([image for job in group for image in job.images],
+                                            [source for job in group for source in job.sources])
                 self.calls += 1
             except BaseException as err:  # every waiting request learns what happened
                 for job in group:

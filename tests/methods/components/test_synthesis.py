@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from zsad.errors import ConfigError
-from zsad.methods.components.synthesis import augment_source, draem_synthesize, perlin_mask, perlin_noise, synthesize_batch
+from zsad.methods.components.synthesis import (
+    augment_source, draem_synthesize, perlin_mask, perlin_noise, synthesize_batch,
+)
 
 
 def gen(seed: int) -> torch.Generator:

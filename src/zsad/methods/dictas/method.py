@@ -76,12 +76,11 @@ from zsad.methods.dictas.generators import Generators
 from zsad.methods.dictas.lookup import Strategy, lookup
 from zsad.methods.dictas.pairs import AnomalySources, reference_views
 from zsad.methods.components.losses import anchor_logits, anomalous_probability
-from zsad.methods.components.maps import mask_fractions, minmax, neighbourhood_mean, sigma_for
+from zsad.methods.components.maps import mask_fractions, minmax, neighbourhood_mean
 from zsad.methods.components.memory import reference_tokens
 from zsad.methods.components.prompts import clean_class_name, text_anchors
 from zsad.methods.components.synthesis import batch_generator, synthesize_batch
 
-SIGMA_REFERENCE_SIZE = 336  # the input size at which ``sigma`` is given
 
 
 @dataclass
@@ -122,6 +121,7 @@ class DictASConfig(MethodConfig):
 @register
 class DictAS(Method):
     name = "dictas"
+    sigma_reference_size = 336  # σ is given at 336 px
     few_shot = True
     trainable = True
     Config = DictASConfig
@@ -316,9 +316,8 @@ class DictAS(Method):
         b, (h, w) = images.shape[0], features.grid
         distances = torch.stack([(1 - F.cosine_similarity(f, r, dim=-1)) / 2 for pairs in results for f, r in pairs], 1)
         size = images.shape[-2:]
-        sigma = sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE)
         # Bilinear upsampling is linear: averaging on the patch grid first gives the same map for 1/L·S of the work.
-        anomaly_map = self.blur(self.upsample(distances.view(b, -1, h, w).mean(1), size), sigma)
+        anomaly_map = self.smooth(self.upsample(distances.view(b, -1, h, w).mean(1), size), self.config.sigma)
         map_score = anomaly_map.flatten(1).amax(1)
         text_score = self._text_score(features.global_embedding)
         parts = {"map": map_score} if text_score is None else {"map": map_score, "text": text_score}

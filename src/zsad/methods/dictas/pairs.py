@@ -6,9 +6,9 @@
   horizontal and vertical flips (p = 0.5 each), a grid dropout (p = 0.5: a 10 × 10 grid with a black hole of
   0.3 of each cell's side) and a coarse dropout (p = 0.5: 8 black squares of 1/32 of the side). The
   rotations and flips are composed into one resampling.
-* **Query**: with probability 0.3 a DRAEM pseudo-anomaly (:mod:`zsad.methods.components.synthesis`; Perlin scales 2 and 4 per
-  axis, noise rotated up to ±90°), else the raw image; its mask and label are the pseudo-labels of the
-  regularisers.
+* **Query**: with probability 0.3 a DRAEM pseudo-anomaly (:mod:`zsad.methods.components.synthesis`;
+  Perlin scales 2 and 4 per axis, noise rotated up to ±90°), else the raw image; its mask and label are
+  the pseudo-labels of the regularisers.
 
 All randomness comes from one ``torch.Generator`` per batch, drawn from torch's global RNG by the caller,
 so an epoch seeded by the trainer replays exactly.

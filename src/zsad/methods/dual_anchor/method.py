@@ -78,9 +78,8 @@ from zsad.methods.dual_anchor.grouping import Grouping, HierarchicalGroupMerging
 from zsad.methods.dual_anchor.prompts import DynamicStatePrompts
 from zsad.methods.dual_anchor.refiner import GroupGatedRefiner
 from zsad.methods.components.losses import anchor_logits, segmentation_losses
-from zsad.methods.components.maps import anchor_map, mask_fractions, sigma_for, tokens_to_grid
+from zsad.methods.components.maps import anchor_map, mask_fractions, tokens_to_grid
 
-SIGMA_REFERENCE_SIZE = 518  # σ is given at the paper's input size
 PAPER_TEXT_BACKBONE = "clip-vit-l14-336"
 TINY_TEXT_BACKBONE = "clip-tiny"
 
@@ -136,6 +135,7 @@ class Outputs:
 @register
 class DualAnchor(Method):
     name = "dual-anchor"
+    sigma_reference_size = 518  # σ is given at the paper's input size
     zero_shot = True
     trainable = True
     Config = DualAnchorConfig
@@ -275,7 +275,7 @@ class DualAnchor(Method):
         size = tuple(images.shape[-2:])
         out = self.forward_features(self.frozen_features(images), [self.class_name] * images.shape[0], size)
         anomaly_map = anchor_map(out.probabilities.movedim(2, -1)).mean(1)
-        anomaly_map = self.blur(anomaly_map, sigma_for(size[-1], self.config.sigma, SIGMA_REFERENCE_SIZE))
+        anomaly_map = self.smooth(anomaly_map, self.config.sigma)
         return Prediction(anomaly_map, out.image_logits.softmax(-1)[:, 1])
 
 

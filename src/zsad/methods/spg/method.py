@@ -52,11 +52,10 @@ from zsad.data.types import Batch
 from zsad.errors import ConfigError
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.components.losses import anomalous_probability, image_cross_entropy, segmentation_losses
-from zsad.methods.components.maps import anchor_map, sigma_for
+from zsad.methods.components.maps import anchor_map
 from zsad.methods.spg.guides import GuideCodes
 from zsad.methods.spg.sae import TopKSAE
 
-SIGMA_REFERENCE_SIZE = 448  # σ is given at the paper's DINOv3 input size
 
 STAGE_TRAIN_DEFAULTS: dict[str, dict[str, object]] = {
     "sae": {"epochs": 50, "batch_size": 16, "lr": 1e-3, "betas": (0.5, 0.999), "split": "test"},
@@ -99,6 +98,8 @@ class SPGConfig(MethodConfig):
 @register
 class SPG(Method):
     name = "spg"
+    stages = ("sae", "guides")
+    sigma_reference_size = 448  # σ is given at the paper's DINOv3 input size
     zero_shot = True
     trainable = True
     Config = SPGConfig
@@ -206,8 +207,7 @@ class SPG(Method):
         size = images.shape[-2:]
         probs = self.anchor_probabilities(features["tokens"], guides[2:], self.backbone.grid_for(*size), size,
                                           scale=1 / self.config.temperature, softmax_first=True)
-        sigma = sigma_for(size[0], self.config.sigma, SIGMA_REFERENCE_SIZE)
-        anomaly_map = self.blur(anchor_map(probs.movedim(1, -1)), sigma)
+        anomaly_map = self.smooth(anchor_map(probs.movedim(1, -1)), self.config.sigma)
         return Prediction(anomaly_map, self._image_score(anomaly_map, features["cls"], guides[:2]))
 
     def _image_score(self, anomaly_map: Tensor, cls: Tensor, global_guides: Tensor) -> Tensor:
