@@ -1,12 +1,12 @@
 """Frozen vision (and CLIP text) backbones behind one interface; see :mod:`zsad.backbones.vit` for hooks.
 
-The builders load ``transformers`` (seconds), so they are imported on first use: the interfaces and the
-registry table cost nothing to import.
+The builders load ``transformers`` (seconds) and the interfaces torch, so both are imported on first use:
+the table of names (:mod:`zsad.backbones.specs`) costs nothing to import, and the command line checks a
+backbone name before torch loads.
 """
 
 from typing import Any
 
-from zsad.backbones.base import FeatureExtractor, Features, TextEncoder
 from zsad.backbones.specs import BACKBONES, BackboneSpec, get_spec
 
 __all__ = [
@@ -20,12 +20,13 @@ __all__ = [
     "get_spec",
 ]
 
-_BUILDERS = ("build_backbone", "build_text_encoder")
+_LAZY = {"build_backbone": "registry", "build_text_encoder": "registry", "FeatureExtractor": "base",
+         "Features": "base", "TextEncoder": "base"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _BUILDERS:
-        from zsad.backbones import registry
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(registry, name)
+        return getattr(import_module(f"zsad.backbones.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'zsad.backbones' has no attribute {name!r}")

@@ -3,6 +3,7 @@ name never imports ``transformers`` (the builders in :mod:`zsad.backbones.regist
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,4 +70,6 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+        close = difflib.get_close_matches(name, BACKBONES, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown backbone {name!r}; {hint}choose one of {', '.join(BACKBONES)}") from None

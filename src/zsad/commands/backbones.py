@@ -16,25 +16,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub import try_to_load_from_cache
-    from rich.console import Console
-    from rich.table import Table
 
     from zsad.backbones import BACKBONES
+    from zsad.commands.common import listing, wrapped
 
-    table = Table(title="backbones", caption=RANDOM_NOTE)
-    for column in ("name", "family", "hub id"):
-        table.add_column(column, no_wrap=True)
-    for column in ("size", "patch", "width", "blocks", "cached", "summary"):
-        table.add_column(column)
+    rows = []
     for spec in BACKBONES.values():
         if spec.builtin:
-            hub_id, cached = "(built in)", "-"
+            source, cached = "built in", "-"
         elif spec.converted:
-            hub_id, cached = "(zsad convert-openclip)", "-"
+            source, cached = "converted locally", "-"
         else:
-            hub_id = spec.hub_id
+            source = spec.hub_id
             cached = "yes" if isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str) else "no"
-        table.add_row(spec.name, spec.family, hub_id, str(spec.image_size), str(spec.patch_size), str(spec.width),
-                      str(spec.num_layers), cached, spec.summary)
-    Console().print(table)
+        rows.append(([spec.name, spec.family, str(spec.image_size), str(spec.patch_size), str(spec.width),
+                      str(spec.num_layers), cached], f"{source} · {spec.summary}"))
+    print(listing(["name", "family", "size", "patch", "width", "blocks", "cached"], rows))
+    print(f"\n{wrapped(RANDOM_NOTE)}")
     return 0

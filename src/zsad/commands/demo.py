@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"\ndemo finished in {result.seconds:.0f} s ({stages})")
     console.print(f"report: {result.report.resolve()}")
     console.print(f"predictions: {result.prediction.out / 'scores.csv'} and {result.prediction.out / 'overlays'}")
+    console.print("\nwhat it shows:")
+    for line in result.verdict():
+        console.print(f"  - {line}", markup=False, highlight=False)
     console.print("note: the backbone is clip-tiny, a tiny random-initialised CLIP, so these numbers show that the "
                   "pipeline works, not the accuracy of pretrained models.")
     console.print(f"real models (pretrained CLIP ViT-L/14@336, real data):\n{REAL_MODELS}", markup=False,

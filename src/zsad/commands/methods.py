@@ -11,18 +11,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    from zsad.commands.common import listing
     from zsad.methods import available_methods
 
-    table = Table(title="methods")
-    for column in ("name", "zero-shot", "few-shot", "trains", "default backbone", "summary"):
-        table.add_column(column)
-    for name, cls in available_methods().items():
-        config = cls.Config()
-        table.add_row(name, _yes(cls.zero_shot), _yes(cls.few_shot), _yes(cls.trainable), config.backbone, cls.summary)
-    Console().print(table)
+    rows = [([name, _yes(cls.zero_shot), _yes(cls.few_shot), _yes(cls.trainable), cls.Config().backbone],
+             cls.summary) for name, cls in available_methods().items()]
+    print(listing(["name", "zero-shot", "few-shot", "trains", "default backbone"], rows))
     return 0
 
 
