@@ -11,6 +11,7 @@ import torch
 from zsad.cli import main
 from zsad.data import open_dataset
 from zsad.data.types import Batch
+from zsad.engine.assembly import stages_of
 from zsad.engine.build import build_method, method_config
 from zsad.engine.evaluate import EvalConfig, evaluate
 from zsad.engine.train import Trainer, train_config_for, training_records
@@ -248,3 +249,21 @@ def test_cli_two_stages_eval_and_explain(synthetic_root, tmp_path, monkeypatch):
     assert local_anomaly == codes[3].topk(4).indices.tolist()
     with open(out / "drivers.csv") as f:
         assert {r["kind"] for r in csv.DictReader(f)} <= {"shared", "specific"}
+
+
+def test_cli_without_a_stage_trains_every_stage_in_order(synthetic_root, tmp_path, monkeypatch):
+    """The training assembly chains the stages SPG declares: the autoencoder, then the guides initialised
+    from it, each in its own folder under --out; zero-shot thresholds are calibrated after the last."""
+    monkeypatch.setenv("ZSAD_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--method", "spg", "--backbone", "dino-tiny", "--image-size", "64", "--data",
+                 f"mvtec:{synthetic_root}", "--epochs", "1", "--batch-size", "8", "--max-steps-per-epoch", "2",
+                 *(f"--set={o}" for o in QUICK), "--out", str(tmp_path / "run")]) == 0
+    sae = json.loads((tmp_path / "run" / "sae" / "config.json").read_text())
+    guides = json.loads((tmp_path / "run" / "guides" / "config.json").read_text())
+    assert (sae["config"]["stage"], guides["config"]["stage"]) == ("sae", "guides")
+    assert "thresholds" not in sae and guides["thresholds"]["calibration"]["kind"] == "held-out"
+    stage_one = build_method(checkpoint=tmp_path / "run" / "sae")
+    stage_two = build_method(checkpoint=tmp_path / "run" / "guides")
+    torch.testing.assert_close(stage_two.sae.state_dict(), stage_one.sae.state_dict())  # frozen in stage two
+    with pytest.raises(ConfigError, match="has no training stage decoder; its stages: sae, guides"):
+        stages_of("spg", ("decoder",))
