@@ -29,10 +29,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(store: Path, *extra: str, cwd: Path | None = None) -> Iterator[str]:
-    """``zsad serve`` in a subprocess; yields its base URL once /health answers."""
+def server(store: Path, *extra: str, cwd: Path | None = None, command: list[str] = SERVE) -> Iterator[str]:
+    """``zsad serve`` (``command``) in a subprocess; yields its base URL once /health answers."""
     port = free_port()
-    process = subprocess.Popen([*SERVE, "--store", str(store), "--port", str(port), *extra], cwd=cwd,
+    process = subprocess.Popen([*command, "--store", str(store), "--port", str(port), *extra], cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -54,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
     from zsad.serve.app import create_app
     from zsad.serve.service import Limits
 
+    from zsad.engine.checkpoint import stored_thresholds
+
     method, device = method_from_args(args)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_pixels))
     service = build_service(method, args.store, tiling_from_args(args, method), limits, args.batch_size,
                             args.max_wait_ms / 1000, args.precision,
                             describe={"method": method.name, "backbone": method.config.backbone,
-                                      "checkpoint": str(args.checkpoint or ""), "device": str(device)})
+                                      "checkpoint": str(args.checkpoint or ""), "device": str(device)},
+                            fixed=stored_thresholds(args.checkpoint) if args.checkpoint else None)
     try:
         uvicorn.run(create_app(service, args.token), host=args.host, port=args.port, log_level="warning")
     finally:

@@ -132,8 +132,7 @@ def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels:
     normal = scores[labels == 0]
     if len(normal) == 0:
         raise ConfigError("no normal image was held out for calibration; raise --calibration-fraction")
-    allowed = int(np.floor(target_fpr * len(normal)))
-    image = float(np.nextafter(np.sort(normal)[len(normal) - allowed - 1], np.inf))
+    image = threshold_at_fpr(normal, target_fpr)
     pixel = float(np.quantile(normal_pixels, 1 - pixel_fpr))
     defective = scores[labels == 1]
     return held_out_thresholds(image, pixel, colour_range(normal_pixels, pixel), {
@@ -141,6 +140,38 @@ def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels:
         "normal": len(normal), "defective": len(defective), "categories": categories,
         "image_fpr": float((normal >= image).mean()),
         "image_tpr": float((defective >= image).mean()) if len(defective) else None})
+
+
+def threshold_at_fpr(normal: np.ndarray, target_fpr: float, defective: np.ndarray | None = None) -> float:
+    """The image threshold for a target false-alarm rate: just above the normal score that leaves
+    ``floor(target_fpr · n)`` of the ``n`` normal scores at or above it, so the rate on them never exceeds the
+    target (below ``1 / target_fpr`` images that is just above their maximum).
+
+    With labelled ``defective`` scores, the threshold moves up into the middle of the gap between that
+    normal score and the weakest defect it catches: every caught defect stays caught, the normal images
+    get the widest margin the labels allow, and the false-alarm rate can only fall."""
+    normal = np.sort(np.asarray(normal).ravel())
+    allowed = int(np.floor(target_fpr * len(normal)))
+    boundary = normal[len(normal) - allowed - 1]
+    threshold = np.nextafter(boundary, np.inf)
+    if defective is not None and len(defective):
+        caught = np.asarray(defective)[np.asarray(defective) >= threshold]
+        if len(caught):
+            threshold = max(threshold, (boundary + caught.min()) / 2)
+    return float(threshold)
+
+
+def calibration_quality(normal: int, target_fpr: float, defective: int = 0) -> dict:
+    """Whether a false-alarm rate can be read off ``normal`` images at all: ``1 / target_fpr`` of them are
+    needed before one may lie above the threshold; fewer, and the threshold is their maximum."""
+    needed = int(np.ceil(1 / target_fpr - 1e-9))
+    if normal >= needed:
+        return {"quality": "good", "message": f"thresholds rest on {normal} normal and {defective} defective "
+                                               f"image(s)"}
+    return {"quality": "few images",
+            "message": f"thresholds rest on {normal} normal image(s): a false-alarm rate of {100 * target_fpr:g}% "
+                       f"is measurable from {needed}, so until then the threshold is just above the highest "
+                       f"normal score; add normal images or review decisions to refine it"}
 
 
 def held_out_thresholds(image: float, pixel: float, colours: tuple[float, float],

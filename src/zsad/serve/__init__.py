@@ -10,6 +10,7 @@ from zsad.engine.scorer import method_scorer
 from zsad.methods.base import Method
 from zsad.serve.service import InspectionService, Limits
 from zsad.serve.store import Store
+from zsad.inference.inspection import Thresholds
 from zsad.inference.tiling import Tiling
 
 
@@ -24,8 +25,9 @@ def fresh_copy(method: Method) -> Method:
 
 def build_service(method: Method, store: str | Path, tiling: Tiling | None = None, limits: Limits | None = None,
                   batch_size: int = 8, max_wait: float = 0.005, precision: str = "fp32",
-                  describe: dict[str, Any] | None = None) -> InspectionService:
+                  describe: dict[str, Any] | None = None, fixed: Thresholds | None = None) -> InspectionService:
+    """``fixed``: the thresholds the method's checkpoint stores (zero-shot products start from them)."""
     base = fresh_copy(method)
     return InspectionService(Store(Path(store)),
                              lambda: method_scorer(fresh_copy(base), tiling, batch_size, precision),
-                             describe or {"method": method.name}, limits, batch_size, max_wait)
+                             describe or {"method": method.name}, limits, batch_size, max_wait, fixed)

@@ -1,43 +1,50 @@
-"""The inspection service without HTTP: products, inspections and their records.
+"""The inspection service without HTTP: products and their revisions, inspections, and the review loop.
 
-A product is a name, a class name for text prompts and k normal reference images. Creating one prepares
-the method for it once (reference memory, text anchors) and calibrates its thresholds from the
-references exactly as ``zsad predict`` does (:func:`zsad.engine.scorer.calibrate`: leave-one-out
-reference scores, ``max`` for images, ``q0.999`` of reference pixels for defect outlines). Thresholds
-are stored with the product, so a restart rebuilds the prepared state from the stored reference files
-without recalibrating or re-uploading anything.
+A product is a name, a class name for text prompts, a target false-alarm rate and a current
+**revision**: thresholds and the images they rest on (see :mod:`zsad.serve.store`). Its thresholds are
+calibrated on the model's thread from its normal images — leave-one-out scores for a few-shot model (each
+reference scored against the others, as ``zsad predict`` does), direct scores for a zero-shot one — at
+the target rate (:func:`~zsad.inference.calibration.threshold_at_fpr`), with labelled defects widening
+the margin. A zero-shot model's product may start with no image at all: the thresholds its checkpoint
+stores (calibrated on held-out auxiliary images) decide until its own images refine them.
 
-Each inspection (:class:`~zsad.inference.inspection.Inspection`, from the same loop as ``zsad predict``)
-records score, decision, the thresholds used, the defect regions (box, peak, peak position, area, mean)
-and an overlay PNG.
+The review loop: an operator marks an inspection ``normal`` or ``anomalous``; with ``learn`` the inspected
+image joins the product — a normal one its references (for a few-shot model, its memory: the next
+inspection of such a part matches it), an anomalous one its labelled defects — and the thresholds are
+recalibrated into a new revision, written with the review in one transaction. Nothing is retrained.
+Every inspection records the revision it was scored under; restoring an old revision writes a copy of it.
+
+Model work (preparing, calibrating, inspecting) runs on one thread (:class:`ModelWorker`), which also
+serialises revisions: two reviews of one product never race. Each (product, revision) keeps its prepared
+inspector, so a new revision never changes how an inspection already queued is scored or recorded.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from zsad.data import decode_image_bytes, load_image
 from zsad.errors import ConfigError, DataError, TooLargeError
-from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate
-from zsad.inference.inspection import Inspection
-from zsad.inference.overlay import inspection_picture, png_bytes
+from zsad.inference.calibration import (
+    PIXEL_RULE, ReferenceScores, calibration_quality, colour_range, pixel_sample, score_references, threshold_at_fpr,
+)
+from zsad.inference.inspection import ANOMALOUS, NORMAL, Inspection, Thresholds
+from zsad.inference.overlay import inspection_picture, png_bytes, resize_image
 from zsad.inference.scoring import Inspector, Scorer
-from zsad.serve.store import Product, Store, check_name
+from zsad.serve.store import (
+    DEFECT, MAX_TARGET_FPR, Conflict, NewImage, NotFound, Product, Store, StoredImage, check_name, clean_filename,
+)
 from zsad.serve.worker import ModelWorker
 
+__all__ = ["Conflict", "InspectionService", "Limits", "NotFound", "Upload"]
 
-class NotFound(ConfigError):
-    """An unknown product or inspection (HTTP 404)."""
-
-
-class Conflict(ConfigError):
-    """A product of that name exists already (HTTP 409)."""
+DUPLICATE_DIFFERENCE = 1.0  # mean absolute difference (of 255) at 32 x 32 below which two images are one
 
 
 @dataclass
@@ -54,15 +61,17 @@ class Upload:
 
 
 class InspectionService:
-    """Products and inspections over one store, with one :class:`ModelWorker` owning the model.
+    """Products, inspections and reviews over one store, with one :class:`ModelWorker` owning the model.
 
-    ``new_scorer()`` returns a fresh, unprepared scorer that shares the loaded model's weights (each
-    product keeps its own prepared one).
+    ``new_scorer()`` returns a fresh, unprepared scorer that shares the loaded model's weights (each product
+    revision keeps its own prepared one). ``fixed`` are the thresholds the model's checkpoint stores, which
+    decide for a zero-shot product until its own images calibrate it.
     """
 
     def __init__(self, store: Store, new_scorer: Callable[[], Scorer], describe: dict[str, Any],
-                 limits: Limits | None = None, batch_size: int = 8, max_wait: float = 0.005) -> None:
-        self.store, self.new_scorer, self.describe = store, new_scorer, describe
+                 limits: Limits | None = None, batch_size: int = 8, max_wait: float = 0.005,
+                 fixed: Thresholds | None = None) -> None:
+        self.store, self.new_scorer, self.describe, self.fixed = store, new_scorer, describe, fixed
         self.limits = limits or Limits()
         probe = new_scorer()
         self.few_shot, self.zero_shot = probe.few_shot, probe.zero_shot
@@ -76,11 +85,14 @@ class InspectionService:
     def decode(self, upload: Upload) -> np.ndarray:
         if len(upload.data) > self.limits.max_upload_bytes:
             raise TooLargeError(f"image {upload.filename} is {len(upload.data) / 2**20:.1f} MB, over the limit of "
-                            f"{self.limits.max_upload_bytes / 2**20:.0f} MB")
+                                f"{self.limits.max_upload_bytes / 2**20:.0f} MB")
         image = decode_image_bytes(upload.data, upload.filename, self.limits.max_pixels)
         if min(image.shape[:2]) < 2:
             raise DataError(f"image {upload.filename} is {image.shape[1]}x{image.shape[0]} pixels: too small")
         return image
+
+    def _stored(self, image: StoredImage) -> np.ndarray:
+        return load_image(self.store.path(image.path))
 
     # --- products -------------------------------------------------------------------------------------
     def product(self, name: str) -> Product:
@@ -89,57 +101,257 @@ class InspectionService:
             raise NotFound(f"no product named {name!r}")
         return product
 
-    def create_product(self, name: str, class_name: str, references: list[Upload]) -> Future:
-        """Validate, decode, then prepare and calibrate on the model's thread; the future gives the Product."""
+    def create_product(self, name: str, class_name: str, references: list[Upload], display_name: str | None = None,
+                       target_fpr: float | None = None) -> Future:
+        """Validate and decode here (a taken name is refused before any model work), then calibrate on the
+        model's thread; the future gives the Product."""
         check_name(name)
         class_name = class_name.strip()
         if not class_name:
             raise ConfigError("class_name must name the product's kind for the text prompts, e.g. 'screw'")
+        target_fpr = _check_target(0.05 if target_fpr is None else target_fpr)
         if self.store.has_product(name):
-            raise Conflict(f"a product named {name!r} exists already")
-        needed = 2 if self.few_shot else 1
-        if len(references) < needed:
-            raise ConfigError(f"product {name!r} needs at least {needed} normal reference image(s) to calibrate its "
-                              f"thresholds{' (each is scored against the others)' if self.few_shot else ''}, "
-                              f"got {len(references)}")
-        if len(references) > self.limits.max_references:
-            raise ConfigError(f"at most {self.limits.max_references} reference images, got {len(references)}")
-        images = [self.decode(upload) for upload in references]
-        return self.worker.call(lambda: self._create(name, class_name, references, images))
+            raise Conflict(f"a product named {self.store.product(name).name!r} exists already (names ignore case)")
+        self._check_reference_count(name, len(references))
+        images = [(clean_filename(u.filename), self.decode(u)) for u in references]
+        return self.worker.call(lambda: self._create(name, class_name, references, images, display_name, target_fpr))
 
-    def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[np.ndarray]) -> Product:
+    def _check_reference_count(self, name: str, count: int) -> None:
+        if count > self.limits.max_references:
+            raise ConfigError(f"at most {self.limits.max_references} reference images, got {count}")
+        if count == 0 and not (self.zero_shot and self.fixed is not None):
+            why = ("this checkpoint stores no thresholds (train it with held-out calibration)" if self.zero_shot
+                   else "the model compares new images with them")
+            raise ConfigError(f"product {name!r} needs normal reference images: {why}")
+        if 0 < count < 2 and self.few_shot:
+            raise ConfigError(f"product {name!r} needs at least 2 normal reference images to calibrate its thresholds "
+                              f"(each is scored against the others), got {count}")
+
+    def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[tuple[str, np.ndarray]],
+                display_name: str | None, target_fpr: float) -> Product:
         scorer = self.new_scorer()
-        thresholds = calibrate(scorer, class_name, images, IMAGE_RULE, PIXEL_RULE)
-        if self.store.has_product(name):  # created by a concurrent request meanwhile
-            raise Conflict(f"a product named {name!r} exists already")
-        product = self.store.add_product(name, class_name, [(u.filename, u.data) for u in uploads], thresholds)
-        self.worker.remember(name, Inspector(scorer, product.thresholds))
+        thresholds = self._calibrate(scorer, class_name, images, [], target_fpr)
+        product = self.store.add_product(name, class_name, [NewImage(u.filename, u.data) for u in uploads],
+                                         thresholds, display_name, target_fpr)
+        self.worker.remember((product.id, product.revision), Inspector(scorer, product.thresholds))
         return product
 
-    def _prepared_inspector(self, name: str) -> Inspector:
-        """After a restart: the product's state rebuilt from its stored references (on the model thread)."""
+    def update_product(self, name: str, display_name: str | None = None, target_fpr: float | None = None) -> Future:
+        """A new display name at once; a new target false-alarm rate recalibrates into a new revision."""
         product = self.product(name)
+        if display_name is not None:
+            display_name = display_name.strip()
+            if not display_name or len(display_name) > 120:
+                raise ConfigError("display_name must be 1-120 characters")
+            product = self.store.update_product(product, display_name)
+        if target_fpr is None or target_fpr == product.target_fpr:
+            return _done(product)
+        target_fpr = _check_target(target_fpr)
+        return self.worker.call(lambda: self._revise(name, f"target false-alarm rate {100 * target_fpr:g}%",
+                                                     target_fpr=target_fpr))
+
+    def delete_product(self, name: str) -> None:
+        self.store.delete_product(self.product(name))
+
+    def add_references(self, name: str, uploads: list[Upload]) -> Future:
+        product = self.product(name)
+        if not uploads:
+            raise ConfigError("no images: post one or more files in the field 'references'")
+        self._check_reference_count(name, len(product.references) + len(uploads))
+        for upload in uploads:
+            self.decode(upload)
+        added = [NewImage(u.filename, u.data) for u in uploads]
+        return self.worker.call(lambda: self._revise(name, f"{len(added)} reference(s) added", add=added))
+
+    def remove_reference(self, name: str, image_id: int) -> Future:
+        product = self.product(name)
+        if image_id not in {i.id for i in product.images}:
+            raise NotFound(f"product {name!r} has no image {image_id} in its current revision")
+        keep = [i.id for i in product.images if i.id != image_id]
+        self._check_reference_count(name, sum(i.kind != DEFECT for i in product.images if i.id != image_id))
+        return self.worker.call(lambda: self._revise(name, f"image {image_id} removed", keep=keep))
+
+    def restore(self, name: str, number: int) -> Future:
+        product = self.product(name)
+        self.store.revision(product, number)  # 404 before queueing
+        return self.worker.call(lambda: self._restore(name, number))
+
+    def _restore(self, name: str, number: int) -> Product:
+        product = self.store.restore(self.product(name), number)
+        self.worker.remember((product.id, product.revision), self._inspector_for(product))
+        return product
+
+    def _revise(self, name: str, reason: str, add: list[NewImage] = (), keep: list[int] | None = None,
+                target_fpr: float | None = None, review: tuple[int, dict[str, Any]] | None = None) -> Product:
+        """On the model thread: recalibrate on the product's images (``keep``, default the current ones, plus
+        ``add``) and commit the new revision (with ``review``, in the same transaction)."""
+        product = self.product(name)
+        kept = [i for i in product.images if keep is None or i.id in keep]
+        normals = [(i.filename, self._stored(i)) for i in kept if i.kind != DEFECT]
+        defects = [self._stored(i) for i in kept if i.kind == DEFECT]
+        for image in add:
+            decoded = decode_image_bytes(image.data, image.filename, self.limits.max_pixels)
+            (defects.append(decoded) if image.kind == DEFECT else normals.append((image.filename, decoded)))
         scorer = self.new_scorer()
-        references = [load_image(self.store.path(p)) for p in product.references]
-        scorer.prepare(product.class_name, references if scorer.few_shot else None)
+        target = product.target_fpr if target_fpr is None else target_fpr
+        thresholds = self._calibrate(scorer, product.class_name, normals, defects, target)
+        product = self.store.commit_revision(product, thresholds, reason, add=list(add),
+                                             keep=None if keep is None else list(keep), target_fpr=target_fpr,
+                                             review=review)
+        self.worker.remember((product.id, product.revision), Inspector(scorer, product.thresholds))
+        return product
+
+    def _calibrate(self, scorer: Scorer, class_name: str, normals: list[tuple[str, np.ndarray]],
+                   defects: list[np.ndarray], target_fpr: float) -> Thresholds:
+        """Thresholds at ``target_fpr`` from the normal images (and labelled defects); leaves ``scorer``
+        prepared on them. Refuses images that cannot calibrate anything, with the reason."""
+        _refuse_duplicates(normals)
+        images = [image for _, image in normals]
+        memory = _uses_memory(scorer, len(images))
+        scored = None
+        if memory:
+            scored = score_references(scorer, class_name, images)
+        elif images:  # zero-shot: the normal images calibrate, they are not the model's input
+            scorer.prepare(class_name, None)
+            results = scorer.score(images)
+            scored = ReferenceScores(np.array([r.score for r in results]),
+                                     np.concatenate([pixel_sample(r.anomaly_map) for r in results]), False)
+        scorer.prepare(class_name, images if memory else None)
+        defect_scores = np.array([s.score for s in scorer.score(defects)]) if defects else np.array([])
+        if scored is None:
+            if self.fixed is None:
+                raise ConfigError("no normal images and no thresholds stored with the model: add references")
+            return _from_checkpoint(self.fixed, defect_scores, target_fpr)
+        scores = scored.scores
+        if len(scores) >= 2 and np.ptp(scores) <= 1e-6 * max(float(np.abs(scores).max()), 1e-12):
+            raise ConfigError(f"the {len(scores)} normal images score the same ({scores[0]:.3g}): they are (nearly) "
+                              f"one image, so no threshold can be read off them; use different normal parts")
+        quality = calibration_quality(len(scores), target_fpr, len(defect_scores))
+        if self.fixed is not None and not memory and quality["quality"] != "good":
+            # a zero-shot product with few images of its own: the checkpoint's threshold, raised just above them
+            image = max(self.fixed.image, float(np.nextafter(scores.max(), np.inf)))
+            source = "checkpoint threshold, raised above the product's normal images"
+        else:
+            image = threshold_at_fpr(scores, target_fpr, defect_scores)
+            kind = "leave-one-out scores" if scored.leave_one_out else "scores"
+            source = f"{kind} of {len(scores)} normal image(s) at a {100 * target_fpr:g}% false-alarm rate" + \
+                (f", {len(defect_scores)} labelled defect(s)" if len(defect_scores) else "")
+        pixel = PIXEL_RULE.apply(scored.pixels)
+        calibration = {"kind": "leave-one-out" if scored.leave_one_out else "direct", "normal": len(scores),
+                       "defects": len(defect_scores), "target_fpr": target_fpr, **_rates(scores, defect_scores, image),
+                       **quality}
+        return Thresholds(image, pixel, source, f"auto: {PIXEL_RULE} of normal pixels",
+                          colour_range(scored.pixels, pixel), scores.tolist(), calibration)
+
+    def _inspector_for(self, product: Product) -> Inspector:
+        scorer = self.new_scorer()
+        references = [self._stored(i) for i in product.references]
+        scorer.prepare(product.class_name, references if _uses_memory(scorer, len(references)) else None)
         return Inspector(scorer, product.thresholds)
+
+    def _prepared_inspector(self, key: tuple[int, int]) -> Inspector:
+        """After a restart or eviction: a revision's state rebuilt from its stored images (model thread)."""
+        product_id, number = key
+        product = self.store.product_at(product_id, number)
+        return self._inspector_for(product)
 
     # --- inspections ----------------------------------------------------------------------------------
     def inspect(self, name: str, uploads: list[Upload]) -> tuple[Product, list[np.ndarray], Future]:
-        """Decode and queue; the future gives an :class:`Inspection` per image. Nothing is recorded yet."""
+        """Decode and queue under the product's current revision; the future gives an :class:`Inspection`
+        per image. Nothing is recorded yet."""
         product = self.product(name)
         if not uploads:
             raise ConfigError("no images: post one or more files in the field 'images'")
         images = [self.decode(upload) for upload in uploads]
-        return product, images, self.worker.submit(name, images, [_filename(u) for u in uploads])
+        return product, images, self.worker.submit((product.id, product.revision), images,
+                                                   [clean_filename(u.filename) for u in uploads])
 
-    def record(self, product: Product, images: list[np.ndarray], inspections: list[Inspection],
-               ) -> list[dict[str, Any]]:
-        """Each inspection with its overlay, written to the store (off the model's thread)."""
+    def record(self, product: Product, uploads: list[Upload], images: list[np.ndarray],
+               inspections: list[Inspection]) -> list[dict[str, Any]]:
+        """Each inspection with its overlay and the uploaded image, written to the store (off the model's
+        thread)."""
         return [self.store.add_inspection(product, inspection.source, inspection,
-                                          png_bytes(inspection_picture(image, inspection)))
-                for image, inspection in zip(images, inspections)]
+                                          png_bytes(inspection_picture(image, inspection)), upload.data)
+                for upload, image, inspection in zip(uploads, images, inspections)]
+
+    def review(self, number: int, verdict: str, note: str = "", learn: bool = False) -> Future:
+        """Record an operator's verdict on an inspection; with ``learn``, teach it to the product (a new
+        revision). The future gives the inspection as recorded. Reviewing again replaces the verdict; an
+        image is taught to a product once."""
+        record = self.store.inspection(number)
+        if record is None:
+            raise NotFound(f"no inspection {number}")
+        if verdict not in (NORMAL, ANOMALOUS):
+            raise ConfigError(f"verdict must be 'normal' or 'anomalous', got {verdict!r}")
+        if len(note) > 2000:
+            raise ConfigError("a review note is at most 2000 characters")
+        if record["product_deleted"]:
+            raise ConfigError(f"inspection {number} belongs to the deleted product {record['product']!r}")
+        review = {"verdict": verdict, "note": note, "learn": learn, "at": time.time(), "revision": None}
+        if not learn:
+            self.store.set_review(number, review)
+            return _done(self.store.inspection(number))
+        if not record["image_url"]:
+            raise ConfigError(f"inspection {number} was recorded without its image (before reviews could teach): "
+                              f"inspect the image again and review that inspection")
+        return self.worker.call(lambda: self._learn(number, record, verdict, review))
+
+    def _learn(self, number: int, record: dict[str, Any], verdict: str, review: dict[str, Any]) -> dict[str, Any]:
+        product = self.product(record["product"])
+        if any(i.inspection_id == number for i in product.images):  # taught already: record the verdict only
+            self.store.set_review(number, {**review, "revision": product.revision})
+            return self.store.inspection(number)
+        data = self.store.path(self.store.inspection_image(number)).read_bytes()
+        kind = DEFECT if verdict == ANOMALOUS else "normal"
+        self._revise(product.name, f"review of inspection {number}: {verdict}",
+                     add=[NewImage(record["filename"], data, kind, number)], review=(number, review))
+        return self.store.inspection(number)
 
 
-def _filename(upload: Upload) -> str:
-    return Path(upload.filename).name or "image"
+def _uses_memory(scorer: Scorer, references: int) -> bool:
+    """Whether a product's normal images are the model's memory (few-shot) or only calibrate it (zero-shot):
+    a model that can do both works zero-shot until the product has the two images leave-one-out needs."""
+    return scorer.few_shot and (references >= 2 or not scorer.zero_shot)
+
+
+def _check_target(target_fpr: float) -> float:
+    if not 0 < target_fpr <= MAX_TARGET_FPR:
+        raise ConfigError(f"target_fpr must be in (0, {MAX_TARGET_FPR}], got {target_fpr}")
+    return float(target_fpr)
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _rates(normal: np.ndarray, defects: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """What the threshold achieves on the images it was calibrated on."""
+    return {"normal_flagged": float((normal >= threshold).mean()) if len(normal) else None,
+            "defects_found": float((defects >= threshold).mean()) if len(defects) else None}
+
+
+def _from_checkpoint(fixed: Thresholds, defects: np.ndarray, target_fpr: float) -> Thresholds:
+    """A product without normal images of its own: the checkpoint's thresholds, said so."""
+    thresholds = Thresholds.from_dict(fixed.to_dict())
+    held_out = fixed.calibration.get("normal", 0)
+    thresholds.calibration = {
+        "kind": "checkpoint", "normal": 0, "defects": len(defects), "target_fpr": target_fpr,
+        "held_out": fixed.calibration, **_rates(np.array([]), defects, fixed.image), "quality": "checkpoint",
+        "message": f"decisions use the thresholds calibrated at training time on {held_out} held-out normal "
+                   f"auxiliary images, not on this product: add normal images or review decisions to calibrate "
+                   f"on it"}
+    return thresholds
+
+
+def _refuse_duplicates(normals: list[tuple[str, np.ndarray]]) -> None:
+    """Two normal images that are (nearly) the same calibrate nothing: each would be its own best match."""
+    small = [resize_image(image, (32, 32)).astype(np.float32) for _, image in normals]
+    for i in range(len(small)):
+        for j in range(i + 1, len(small)):
+            difference = float(np.abs(small[i] - small[j]).mean())
+            if difference < DUPLICATE_DIFFERENCE:
+                raise ConfigError(f"references {normals[i][0]} and {normals[j][0]} are (nearly) the same image "
+                                  f"(mean difference {difference:.2f} of 255): each reference must show another "
+                                  f"normal part")

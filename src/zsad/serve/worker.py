@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,7 @@ from zsad.inference.scoring import Inspector
 
 @dataclass
 class Job:
-    key: str  # the product whose prepared inspector runs it
+    key: Hashable  # the product revision whose prepared inspector runs it
     images: list[np.ndarray]
     sources: list[str]  # the images' names, as the inspections carry them
     future: Future = field(default_factory=Future)
@@ -41,17 +41,17 @@ class Call:
 class ModelWorker:
     """Runs model work on its own thread; ``inspector_for(key)`` builds a prepared inspector for a product."""
 
-    def __init__(self, inspector_for: Callable[[str], Inspector], batch_size: int = 8, max_wait: float = 0.005,
+    def __init__(self, inspector_for: Callable[[Hashable], Inspector], batch_size: int = 8, max_wait: float = 0.005,
                  cached_products: int = 16) -> None:
         self.inspector_for = inspector_for
         self.batch_size, self.max_wait, self.cached_products = batch_size, max_wait, cached_products
         self._queue: queue.Queue[Job | Call | None] = queue.Queue()
-        self._inspectors: OrderedDict[str, Inspector] = OrderedDict()
+        self._inspectors: OrderedDict[Hashable, Inspector] = OrderedDict()
         self._thread = threading.Thread(target=self._loop, name="zsad-model", daemon=True)
         self.calls = 0  # model calls made, for tests and benchmarks
         self._thread.start()
 
-    def submit(self, key: str, images: list[np.ndarray], sources: list[str]) -> Future:
+    def submit(self, key: Hashable, images: list[np.ndarray], sources: list[str]) -> Future:
         job = Job(key, images, sources)
         self._queue.put(job)
         return job.future
@@ -61,7 +61,7 @@ class ModelWorker:
         self._queue.put(call)
         return call.future
 
-    def remember(self, key: str, inspector: Inspector) -> None:
+    def remember(self, key: Hashable, inspector: Inspector) -> None:
         """Keep an already prepared inspector (on the worker thread only, i.e. from inside :meth:`call`)."""
         self._inspectors[key] = inspector
         self._inspectors.move_to_end(key)
@@ -72,7 +72,7 @@ class ModelWorker:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    def _inspector(self, key: str) -> Inspector:
+    def _inspector(self, key: Hashable) -> Inspector:
         if key not in self._inspectors:
             self.remember(key, self.inspector_for(key))
         self._inspectors.move_to_end(key)
@@ -113,7 +113,7 @@ class ModelWorker:
                 _settle(other.future, other.fn)
 
     def _run_jobs(self, jobs: list[Job]) -> None:
-        by_key: dict[str, list[Job]] = {}
+        by_key: dict[Hashable, list[Job]] = {}
         for job in jobs:
             by_key.setdefault(job.key, []).append(job)
         for key, group in by_key.items():
