@@ -77,6 +77,7 @@ def test_a_reviewed_false_alarm_is_learnt_and_restoring_the_old_revision_flags_i
         (again,) = _post_images(url, "bracket", {"new-supplier-2.png": other_texture(1)})
         assert (again["decision"], again["revision"]) == ("normal", 2)
         (defect,) = _post_images(url, "bracket", {"defect.png": texture(21, defect=True)})
+        assert defect["decision"] == "anomalous"  # the exception did not make the product blind
         after = _flagged(url, "bracket", held_out)
         assert after <= TARGET and after <= before, (before, after)
 

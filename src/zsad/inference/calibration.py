@@ -82,12 +82,21 @@ MAX_PIXELS_PER_MAP = 1 << 18  # reference pixels kept per map for pixel quantile
 
 @dataclass
 class ReferenceScores:
-    """Scores ``[k]`` of the normal references, as if each were a new image, and a fixed strided subset
-    of their maps' pixels (enough for the quantiles of pixel thresholds, bounded for large images)."""
+    """Scores ``[k]`` of the normal references, as if each were a new image, and per reference a fixed
+    strided subset of its map's pixels (enough for the quantiles of pixel thresholds, bounded for large
+    images)."""
 
     scores: np.ndarray
-    pixels: np.ndarray
+    samples: list[np.ndarray]
     leave_one_out: bool
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return np.concatenate(self.samples)
+
+    def subset(self, keep: list[bool]) -> ReferenceScores:
+        return ReferenceScores(self.scores[np.asarray(keep)], [s for s, k in zip(self.samples, keep) if k],
+                               self.leave_one_out)
 
 
 def pixel_sample(anomaly_map: np.ndarray, limit: int = MAX_PIXELS_PER_MAP) -> np.ndarray:
@@ -96,17 +105,19 @@ def pixel_sample(anomaly_map: np.ndarray, limit: int = MAX_PIXELS_PER_MAP) -> np
     return anomaly_map[::stride, ::stride].ravel()
 
 
-def score_references(scorer: Scorer, class_name: str, references: list[np.ndarray]) -> ReferenceScores:
-    """Leave-one-out scores of the ``references`` for a few-shot scorer, direct ones otherwise.
+def score_references(scorer: Scorer, class_name: str, references: list[np.ndarray],
+                     leave_one_out: bool | None = None) -> ReferenceScores:
+    """Leave-one-out scores of the ``references`` for a few-shot scorer (or when ``leave_one_out``), direct
+    ones (the scorer prepared without references) otherwise.
 
     Leaves ``scorer`` prepared on a subset (or without references): prepare it again before predicting.
     """
     k = len(references)
-    if not scorer.few_shot:
+    if not (scorer.few_shot if leave_one_out is None else leave_one_out):
         scorer.prepare(class_name, None)
         results = scorer.score(references)
-        return ReferenceScores(np.array([r.score for r in results]),
-                               np.concatenate([pixel_sample(r.anomaly_map) for r in results]), False)
+        return ReferenceScores(np.array([r.score for r in results]), [pixel_sample(r.anomaly_map) for r in results],
+                               False)
     if k < 2:
         raise ConfigError(f"automatic thresholds for a few-shot method score each reference against the "
                           f"others and need at least 2 references, got {k}; add references or give numeric "
@@ -117,7 +128,7 @@ def score_references(scorer: Scorer, class_name: str, references: list[np.ndarra
         (result,) = scorer.score([references[i]])
         scores.append(result.score)
         pixels.append(pixel_sample(result.anomaly_map))
-    return ReferenceScores(np.array(scores), np.concatenate(pixels), True)
+    return ReferenceScores(np.array(scores), pixels, True)
 
 
 def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels: np.ndarray, categories: int,
@@ -208,9 +219,10 @@ def calibrate(scorer: Scorer, class_name: str, references: list[np.ndarray] | No
         thresholds = Thresholds(calibration={"kind": "references", "images": len(references),
                                              "leave_one_out": scored.leave_one_out})
         thresholds.image, thresholds.image_source = _resolve(image, scored.scores, "reference scores")
-        thresholds.pixel, thresholds.pixel_source = _resolve(pixel, scored.pixels, "reference pixels")
+        normal_pixels = scored.pixels
+        thresholds.pixel, thresholds.pixel_source = _resolve(pixel, normal_pixels, "reference pixels")
         thresholds.reference_scores = scored.scores.tolist()
-        thresholds.colour_range = colour_range(scored.pixels, thresholds.pixel)
+        thresholds.colour_range = colour_range(normal_pixels, thresholds.pixel)
     elif fixed is not None:
         thresholds = Thresholds.from_dict(fixed.to_dict())
         if image is not None:

@@ -32,7 +32,7 @@ import numpy as np
 from zsad.data import decode_image_bytes, load_image
 from zsad.errors import ConfigError, DataError, TooLargeError
 from zsad.inference.calibration import (
-    PIXEL_RULE, ReferenceScores, calibration_quality, colour_range, pixel_sample, score_references, threshold_at_fpr,
+    PIXEL_RULE, calibration_quality, colour_range, score_references, threshold_at_fpr,
 )
 from zsad.inference.inspection import ANOMALOUS, NORMAL, Inspection, Thresholds
 from zsad.inference.overlay import inspection_picture, png_bytes, resize_image
@@ -45,6 +45,16 @@ from zsad.serve.worker import ModelWorker
 __all__ = ["Conflict", "InspectionService", "Limits", "NotFound", "Upload"]
 
 DUPLICATE_DIFFERENCE = 1.0  # mean absolute difference (of 255) at 32 x 32 below which two images are one
+
+
+@dataclass(frozen=True)
+class Normal:
+    """A normal image of a product: its name, pixels, and whether a review taught it (an exception the
+    memory holds) rather than an uploaded reference."""
+
+    filename: str
+    image: np.ndarray
+    learnt: bool = False
 
 
 @dataclass
@@ -113,7 +123,7 @@ class InspectionService:
         if self.store.has_product(name):
             raise Conflict(f"a product named {self.store.product(name).name!r} exists already (names ignore case)")
         self._check_reference_count(name, len(references))
-        images = [(clean_filename(u.filename), self.decode(u)) for u in references]
+        images = [Normal(clean_filename(u.filename), self.decode(u)) for u in references]
         return self.worker.call(lambda: self._create(name, class_name, references, images, display_name, target_fpr))
 
     def _check_reference_count(self, name: str, count: int) -> None:
@@ -127,7 +137,7 @@ class InspectionService:
             raise ConfigError(f"product {name!r} needs at least 2 normal reference images to calibrate its thresholds "
                               f"(each is scored against the others), got {count}")
 
-    def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[tuple[str, np.ndarray]],
+    def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[Normal],
                 display_name: str | None, target_fpr: float) -> Product:
         scorer = self.new_scorer()
         thresholds = self._calibrate(scorer, class_name, images, [], target_fpr)
@@ -187,11 +197,14 @@ class InspectionService:
         ``add``) and commit the new revision (with ``review``, in the same transaction)."""
         product = self.product(name)
         kept = [i for i in product.images if keep is None or i.id in keep]
-        normals = [(i.filename, self._stored(i)) for i in kept if i.kind != DEFECT]
+        normals = [Normal(i.filename, self._stored(i), i.inspection_id is not None) for i in kept if i.kind != DEFECT]
         defects = [self._stored(i) for i in kept if i.kind == DEFECT]
         for image in add:
             decoded = decode_image_bytes(image.data, image.filename, self.limits.max_pixels)
-            (defects.append(decoded) if image.kind == DEFECT else normals.append((image.filename, decoded)))
+            if image.kind == DEFECT:
+                defects.append(decoded)
+            else:
+                normals.append(Normal(image.filename, decoded, image.inspection_id is not None))
         scorer = self.new_scorer()
         target = product.target_fpr if target_fpr is None else target_fpr
         thresholds = self._calibrate(scorer, product.class_name, normals, defects, target)
@@ -201,31 +214,33 @@ class InspectionService:
         self.worker.remember((product.id, product.revision), Inspector(scorer, product.thresholds))
         return product
 
-    def _calibrate(self, scorer: Scorer, class_name: str, normals: list[tuple[str, np.ndarray]],
-                   defects: list[np.ndarray], target_fpr: float) -> Thresholds:
+    def _calibrate(self, scorer: Scorer, class_name: str, normals: list[Normal], defects: list[np.ndarray],
+                   target_fpr: float) -> Thresholds:
         """Thresholds at ``target_fpr`` from the normal images (and labelled defects); leaves ``scorer``
-        prepared on them. Refuses images that cannot calibrate anything, with the reason."""
+        prepared on them. Refuses images that cannot calibrate anything, with the reason.
+
+        For a few-shot model every normal image is memory, but the thresholds are read off the leave-one-out
+        scores of the references alone: a normal image taught by a review is an exception the memory now
+        holds (the next such part matches it), and its own leave-one-out score — that of a part unlike every
+        other — would otherwise lift the threshold above the defects the product exists to find. A zero-shot
+        model has no memory: every normal image calibrates, and the threshold rises above the taught ones."""
         _refuse_duplicates(normals)
-        images = [image for _, image in normals]
+        images = [n.image for n in normals]
         memory = _uses_memory(scorer, len(images))
-        scored = None
-        if memory:
-            scored = score_references(scorer, class_name, images)
-        elif images:  # zero-shot: the normal images calibrate, they are not the model's input
-            scorer.prepare(class_name, None)
-            results = scorer.score(images)
-            scored = ReferenceScores(np.array([r.score for r in results]),
-                                     np.concatenate([pixel_sample(r.anomaly_map) for r in results]), False)
+        scored = score_references(scorer, class_name, images, leave_one_out=memory) if images else None
         scorer.prepare(class_name, images if memory else None)
         defect_scores = np.array([s.score for s in scorer.score(defects)]) if defects else np.array([])
         if scored is None:
             if self.fixed is None:
                 raise ConfigError("no normal images and no thresholds stored with the model: add references")
             return _from_checkpoint(self.fixed, defect_scores, target_fpr)
-        scores = scored.scores
-        if len(scores) >= 2 and np.ptp(scores) <= 1e-6 * max(float(np.abs(scores).max()), 1e-12):
-            raise ConfigError(f"the {len(scores)} normal images score the same ({scores[0]:.3g}): they are (nearly) "
-                              f"one image, so no threshold can be read off them; use different normal parts")
+        if len(scored.scores) >= 2 and np.ptp(scored.scores) <= 1e-6 * max(float(np.abs(scored.scores).max()), 1e-12):
+            raise ConfigError(f"the {len(scored.scores)} normal images score the same ({scored.scores[0]:.3g}): they "
+                              f"are (nearly) one image, so no threshold can be read off them; use different normal "
+                              f"parts")
+        references = [not n.learnt for n in normals]
+        calibrating = scored.subset(references) if memory and sum(references) >= 2 else scored
+        scores = calibrating.scores
         quality = calibration_quality(len(scores), target_fpr, len(defect_scores))
         if self.fixed is not None and not memory and quality["quality"] != "good":
             # a zero-shot product with few images of its own: the checkpoint's threshold, raised just above them
@@ -236,12 +251,15 @@ class InspectionService:
             kind = "leave-one-out scores" if scored.leave_one_out else "scores"
             source = f"{kind} of {len(scores)} normal image(s) at a {100 * target_fpr:g}% false-alarm rate" + \
                 (f", {len(defect_scores)} labelled defect(s)" if len(defect_scores) else "")
-        pixel = PIXEL_RULE.apply(scored.pixels)
+        in_memory = len(scored.scores) - len(scores)
+        if in_memory:
+            source += f"; {in_memory} reviewed normal image(s) in the memory"
+        pixel = PIXEL_RULE.apply(calibrating.pixels)
         calibration = {"kind": "leave-one-out" if scored.leave_one_out else "direct", "normal": len(scores),
-                       "defects": len(defect_scores), "target_fpr": target_fpr, **_rates(scores, defect_scores, image),
-                       **quality}
+                       "learnt_in_memory": in_memory, "defects": len(defect_scores), "target_fpr": target_fpr,
+                       **_rates(scores, defect_scores, image), **quality}
         return Thresholds(image, pixel, source, f"auto: {PIXEL_RULE} of normal pixels",
-                          colour_range(scored.pixels, pixel), scores.tolist(), calibration)
+                          colour_range(calibrating.pixels, pixel), scored.scores.tolist(), calibration)
 
     def _inspector_for(self, product: Product) -> Inspector:
         scorer = self.new_scorer()
@@ -345,13 +363,13 @@ def _from_checkpoint(fixed: Thresholds, defects: np.ndarray, target_fpr: float) 
     return thresholds
 
 
-def _refuse_duplicates(normals: list[tuple[str, np.ndarray]]) -> None:
+def _refuse_duplicates(normals: list[Normal]) -> None:
     """Two normal images that are (nearly) the same calibrate nothing: each would be its own best match."""
-    small = [resize_image(image, (32, 32)).astype(np.float32) for _, image in normals]
+    small = [resize_image(n.image, (32, 32)).astype(np.float32) for n in normals]
     for i in range(len(small)):
         for j in range(i + 1, len(small)):
             difference = float(np.abs(small[i] - small[j]).mean())
             if difference < DUPLICATE_DIFFERENCE:
-                raise ConfigError(f"references {normals[i][0]} and {normals[j][0]} are (nearly) the same image "
-                                  f"(mean difference {difference:.2f} of 255): each reference must show another "
-                                  f"normal part")
+                raise ConfigError(f"references {normals[i].filename} and {normals[j].filename} are (nearly) the "
+                                  f"same image (mean difference {difference:.2f} of 255): each reference must show "
+                                  f"another normal part")
