@@ -50,14 +50,17 @@ class MethodModel:
     def run(self, pieces: list[np.ndarray]) -> ModelOutput:
         with autocast(self.method.device, self.precision):
             prediction = self.method.predict(to_batch(pieces, self.size, self.method.device))
-        maps = [_at_size(anomaly_map.float(), piece.shape[:2])
-                for piece, anomaly_map in zip(pieces, prediction.anomaly_map)]
+        anomaly_maps = prediction.anomaly_map.float()
+        if all(piece.shape[:2] == anomaly_maps.shape[-2:] for piece in pieces):  # one copy off the device
+            maps = list(anomaly_maps.cpu().numpy())
+        else:
+            maps = [_at_size(anomaly_map, piece.shape[:2]) for piece, anomaly_map in zip(pieces, anomaly_maps)]
         return ModelOutput(maps, prediction.score.float().cpu().numpy(),
                            {name: part.float().cpu().numpy() for name, part in prediction.score_parts.items()})
 
 
 def _at_size(anomaly_map: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """A map brought to a piece's own size (bilinear; a piece already at the input size is left as it is)."""
+    """A map brought to a piece's own size (bilinear; one already at that size is left as it is)."""
     if tuple(anomaly_map.shape) != tuple(size):
         anomaly_map = upsample(anomaly_map[None], size)[0]
     return anomaly_map.cpu().numpy()
