@@ -18,8 +18,8 @@ from zsad.errors import ZsadError
 from zsad.commands.common import check_names
 from zsad.core.io import check_output_dir
 
-COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "report", "demo",
-            "serve", "export", "reproduce", "convert-openclip")
+COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "calibrate", "report",
+            "demo", "serve", "export", "reproduce", "convert-openclip")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -179,7 +179,7 @@ def test_a_zero_shot_product_without_references_decides_by_the_checkpoints_thres
                                                           "images": 40, "normal": 24, "defective": 16,
                                                           "categories": 4, "image_fpr": 0.0, "image_tpr": 0.8})
     save_checkpoint(tmp_path / "model", "aprilgan", to_dict(method.config), method.method_state_dict(),
-                    thresholds=held_out.to_dict())
+                    thresholds=held_out.to_dict(), thresholds_sha256=held_out.digest())
     serve = [sys.executable, "-m", "zsad", "serve", "--checkpoint", str(tmp_path / "model"), "--device", "cpu"]
     with server(tmp_path / "store", command=serve) as url:
         created = httpx.post(f"{url}/products", data={"name": "ring", "class_name": "ring"}, timeout=60)

@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
                         tiling_from_args(args, method), fixed, args.overwrite,
                         source={"checkpoint": str(args.checkpoint or ""), "weights": args.weights,
                                 "refs": str(args.refs or "")})
+    from zsad.inference.calibration import calibration_warnings
+    from zsad.inference.inspection import Thresholds
+
+    for warning in calibration_warnings(Thresholds.from_dict(meta["thresholds"])):
+        console.print(f"warning: {warning}", markup=False, highlight=False)
     t = meta["thresholds"]
     console.print(f"exported {meta['method']} for {meta['class_name']!r} to {args.out} ({args.fmt}, "
                   f"{meta['input_size']} px input, {meta['references']} references folded in)")

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, parse_threshold
+    from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibration_warnings, parse_threshold
     from zsad.inference.folder import PredictConfig, list_files, predict_folder
 
     console = Console(stderr=True, soft_wrap=True)
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     for skipped in summary.skipped:
         console.print(f"skipped: {skipped.reason}", markup=False, highlight=False)
     t = summary.thresholds
+    for warning in calibration_warnings(t):
+        console.print(f"warning: {warning}", markup=False, highlight=False)
     if t.image is not None:
         console.print(f"image threshold {t.image:.4g} ({t.image_source}): {summary.anomalous} of "
                       f"{summary.predicted} images anomalous")

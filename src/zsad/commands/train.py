@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from zsad.engine.assembly import TrainingPlan, train_method
     from zsad.engine.checkpoint import read_config
     from zsad.errors import ConfigError
+    from zsad.inference.calibration import calibration_warnings
 
     if not args.method and not args.checkpoint:
         raise ConfigError("give --method NAME")
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
                       f"({thresholds.image_source}; on the held-out images: false-positive rate "
                       f"{100 * rates['image_fpr']:.1f}%, true-positive rate {_percent(rates['image_tpr'])}), "
                       f"pixel {thresholds.pixel:.4g}")
+        for warning in calibration_warnings(thresholds):
+            console.print(f"warning: {warning}", markup=False, highlight=False)
     console.print(f"checkpoint written to {result.checkpoint} ({result.records} training images, "
                   f"{result.steps} optimiser steps, device {plan.device})")
     return 0

@@ -30,7 +30,7 @@ from zsad.inference.scoring import Inspector, ModelOutput, Scorer
 from zsad.inference.tiling import Tiling
 
 FORMAT = "zsad-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: thresholds sealed by thresholds_sha256, references' digests recorded
 METADATA = "zsad-model.json"
 
 
@@ -79,7 +79,9 @@ def read_metadata(folder: Path) -> dict:
         raise ConfigError(f"{path}: model format version {version!r} was written by a newer zsad "
                           f"({meta.get('zsad_version', '?')}); this is zsad {__version__}, which reads up to "
                           f"{FORMAT_VERSION}")
-    for key in ("input_size", "model_files", "sha256", "thresholds", "runtime"):
+    required = ("input_size", "model_files", "sha256", "thresholds", "runtime") + \
+        (("thresholds_sha256",) if version >= 2 else ())
+    for key in required:
         if key not in meta:
             raise ConfigError(f"{path}: the description lacks {key!r}")
     return meta
@@ -91,7 +93,7 @@ class DeployedModel:
     few_shot = False  # everything about the product is folded in: no references to prepare
     zero_shot = True
 
-    def __init__(self, folder: str | Path, batch_size: int = 8) -> None:
+    def __init__(self, folder: str | Path, batch_size: int = 8, read_thresholds: bool = True) -> None:
         self.folder = Path(folder)
         self.meta = read_metadata(self.folder)
         for name in self.meta["model_files"]:
@@ -103,12 +105,22 @@ class DeployedModel:
                                   f"truncated); export it again")
         self.size = int(self.meta["input_size"])
         self.batch_size = batch_size
-        self.thresholds = Thresholds.from_dict(self.meta["thresholds"], f"{self.folder / METADATA}: thresholds")
+        self.thresholds = self._thresholds() if read_thresholds else Thresholds()
         self.tiling = Tiling(**self.meta["tiling"]) if self.meta.get("tiling") else None
         self.scorer = Scorer(self, self.tiling, batch_size)
         self.name = str(self.meta.get("method", ""))
         self.class_name = str(self.meta.get("class_name", "object"))
         self._run = self._onnx() if self.meta["runtime"] == "onnx" else self._openvino()
+
+    def _thresholds(self) -> Thresholds:
+        """The artefact's thresholds, refused when edited since export or ``zsad calibrate`` sealed them
+        (models of format 1 carry no seal)."""
+        where = f"{self.folder / METADATA}: thresholds"
+        if self.meta["format_version"] < 2:
+            return Thresholds.from_dict(self.meta["thresholds"], where)
+        return Thresholds.from_sealed(self.meta["thresholds"], self.meta["thresholds_sha256"], where,
+                                      f"calibrate them on normal images: zsad calibrate --model {self.folder} "
+                                      f"--refs NORMAL_DIR")
 
     def _onnx(self):
         try:
@@ -165,6 +177,8 @@ def _providers(onnxruntime) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def load(path: str | Path, batch_size: int = 8) -> DeployedModel:
-    """An exported model folder, checked (format version, SHA-256 of the model files) and ready to run."""
-    return DeployedModel(path, batch_size)
+def load(path: str | Path, batch_size: int = 8, read_thresholds: bool = True) -> DeployedModel:
+    """An exported model folder, checked (format version, SHA-256 of the model files and of the thresholds)
+    and ready to run; ``read_thresholds=False`` skips the thresholds, for ``zsad calibrate``, which replaces
+    them."""
+    return DeployedModel(path, batch_size, read_thresholds)

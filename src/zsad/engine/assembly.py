@@ -124,7 +124,7 @@ def train_method(plan: TrainingPlan, datasets: list[AnomalyDataset] | None = Non
     thresholds = None
     if held_out and any(r.label == 0 for r in held_out) and distributed.is_main():
         thresholds = calibrate_held_out(method, held_out, config)
-        update_config(previous, thresholds=thresholds.to_dict())
+        update_config(previous, thresholds=thresholds.to_dict(), thresholds_sha256=thresholds.digest())
     method.eval()
     return TrainingResult(previous, method, rows, len(records), steps, thresholds)
 

@@ -109,14 +109,15 @@ def _unversioned_to_1(data: dict[str, Any]) -> dict[str, Any]:
 
 def _thresholds_with_provenance(data: dict[str, Any]) -> dict[str, Any]:
     """Version 2 stores held-out thresholds as :class:`~zsad.inference.inspection.Thresholds` (one type
-    for checkpoints, exports, predict and the service); version 1 had their own shape."""
+    for checkpoints, exports, predict and the service), sealed by ``thresholds_sha256``; version 1 had their
+    own shape."""
     old = data.get("thresholds")
     if old is not None:
         achieved = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in old["achieved"].items()}
         calibration = {"kind": "held-out", "target_fpr": old["target_fpr"], "pixel_fpr": old["pixel_fpr"],
                        **old["held_out"], **achieved}
-        data["thresholds"] = held_out_thresholds(old["image"], old["pixel"], tuple(old["colour_range"]),
-                                                 calibration).to_dict()
+        thresholds = held_out_thresholds(old["image"], old["pixel"], tuple(old["colour_range"]), calibration)
+        data["thresholds"], data["thresholds_sha256"] = thresholds.to_dict(), thresholds.digest()
     return data
 
 
@@ -218,5 +219,10 @@ def _unkey(k: Any) -> Any:
 
 def stored_thresholds(directory: str | Path) -> Thresholds | None:
     """The decision thresholds a checkpoint carries (calibrated at training time), or None."""
-    saved = read_config(directory).get("thresholds")
-    return None if saved is None else Thresholds.from_dict(saved, f"{Path(directory) / CONFIG}: thresholds")
+    config = read_config(directory)
+    if config.get("thresholds") is None:
+        return None
+    return Thresholds.from_sealed(config["thresholds"], config.get("thresholds_sha256"),
+                                  f"{Path(directory) / CONFIG}: thresholds",
+                                  f"calibrate them on held-out images: zsad calibrate --checkpoint {directory} "
+                                  f"--refs NORMAL_DIR [--defects DEFECT_DIR]")

@@ -41,7 +41,7 @@ from zsad.core.io import umask
 from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
 from zsad.engine.scorer import method_scorer
 from zsad.errors import ConfigError
-from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate
+from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate, image_digest
 from zsad.inference.inspection import Thresholds
 from zsad.inference.tiling import Tiling
 from zsad.methods.base import Method
@@ -140,7 +140,9 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
                         "score": {"dtype": "float32", "shape": ["batch"]}},
             "postprocessing": "anomaly_map resized bilinearly (half-pixel centres) to each image's own size",
             "tiling": None if tiling is None else asdict(tiling),
-            "thresholds": thresholds.to_dict(), "references": len(references or []),
+            "thresholds": thresholds.to_dict(), "thresholds_sha256": thresholds.digest(),
+            "references": len(references or []),
+            "reference_digests": [image_digest(image) for image in references or []],
             "opset": OPSET,
         }
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))

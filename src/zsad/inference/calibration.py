@@ -14,6 +14,7 @@ references directly. A :class:`ThresholdRule` then turns those normal scores int
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -183,6 +184,67 @@ def calibration_quality(normal: int, target_fpr: float, defective: int = 0) -> d
             "message": f"thresholds rest on {normal} normal image(s): a false-alarm rate of {100 * target_fpr:g}% "
                        f"is measurable from {needed}, so until then the threshold is just above the highest "
                        f"normal score; add normal images or review decisions to refine it"}
+
+
+def thresholds_at_fpr(normal: ReferenceScores, defects: np.ndarray, target_fpr: float, floor: float | None = None,
+                      reference_scores: np.ndarray | None = None, note: str = "") -> Thresholds:
+    """Thresholds with their provenance from scored normal images (and labelled defects): the image
+    threshold at ``target_fpr`` (:func:`threshold_at_fpr`) — or, given a ``floor`` (a checkpoint's own
+    threshold) and too few images to read a rate off, that floor raised just above them — the pixel
+    threshold :data:`PIXEL_RULE` of their pixels, and the colour scale. ``reference_scores`` are those to
+    report (default: the normal scores); ``note`` ends the image source."""
+    scores = normal.scores
+    quality = calibration_quality(len(scores), target_fpr, len(defects))
+    if floor is not None and quality["quality"] != "good":
+        image = max(floor, float(np.nextafter(scores.max(), np.inf)))
+        source = "checkpoint threshold, raised above the product's normal images"
+    else:
+        image = threshold_at_fpr(scores, target_fpr, defects)
+        kind = "leave-one-out scores" if normal.leave_one_out else "scores"
+        source = f"{kind} of {len(scores)} normal image(s) at a {100 * target_fpr:g}% false-alarm rate" + \
+            (f", {len(defects)} labelled defect(s)" if len(defects) else "")
+    pixels = normal.pixels
+    pixel = PIXEL_RULE.apply(pixels)
+    calibration = {"kind": "leave-one-out" if normal.leave_one_out else "direct", "normal": len(scores),
+                   "defects": len(defects), "target_fpr": target_fpr, **achieved_rates(scores, defects, image),
+                   **quality}
+    return Thresholds(image, pixel, source + note, f"auto: {PIXEL_RULE} of normal pixels", colour_range(pixels, pixel),
+                      (scores if reference_scores is None else reference_scores).tolist(), calibration)
+
+
+def calibration_warnings(thresholds: Thresholds) -> list[str]:
+    """What a user must hear about the evidence behind an image threshold before trusting its decisions."""
+    facts, warnings = thresholds.calibration, []
+    target, normal = facts.get("target_fpr"), facts.get("normal")
+    if thresholds.image is not None and target and normal is not None:
+        needed = int(np.ceil(1 / target - 1e-9))
+        if normal < needed:
+            warnings.append(f"the image threshold rests on {normal} normal image(s): a {100 * target:g}% false-alarm "
+                            f"target needs at least {needed} to mean anything")
+    if facts.get("image_tpr", facts.get("defects_found")) == 0:
+        warnings.append("no defective calibration image reached the image threshold (true-positive rate 0%): its "
+                        "decisions may miss every defect")
+    return warnings
+
+
+def image_digest(image: np.ndarray) -> str:
+    """SHA-256 of a decoded image's pixels and shape: the same picture, whatever file it came in."""
+    return hashlib.sha256(f"{image.shape}".encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def calibrate_on_images(scorer: Scorer, class_name: str, normals: list[np.ndarray], defects: list[np.ndarray],
+                        target_fpr: float, note: str = "") -> Thresholds:
+    """Thresholds at ``target_fpr`` for a model as it decides without references (an exported model, a
+    zero-shot method): normal images and defects scored directly, as new parts will be."""
+    scored = score_references(scorer, class_name, normals, leave_one_out=False)
+    defect_scores = np.array([s.score for s in scorer.score(defects)]) if defects else np.array([])
+    return thresholds_at_fpr(scored, defect_scores, target_fpr, note=note)
+
+
+def achieved_rates(normal: np.ndarray, defects: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """What a threshold achieves on the images it was calibrated on."""
+    return {"normal_flagged": float((normal >= threshold).mean()) if len(normal) else None,
+            "defects_found": float((defects >= threshold).mean()) if len(defects) else None}
 
 
 def held_out_thresholds(image: float, pixel: float, colours: tuple[float, float],

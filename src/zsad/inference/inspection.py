@@ -8,6 +8,8 @@ is read by another without conversion by hand. Everything here is plain numpy an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -50,6 +52,22 @@ class Thresholds:
         data["reference_scores"] = list(self.reference_scores)
         data["calibration"] = dict(self.calibration)
         return data
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of :meth:`to_dict`. Stored beside the thresholds, it makes an edit
+        by hand visible: a changed number would still carry the provenance of the one it replaced."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_sealed(cls, data: Any, digest: Any, where: str, remedy: str) -> Thresholds:
+        """:meth:`from_dict`, then refuse thresholds that no longer match their ``digest``, saying how to set
+        new ones properly (``remedy``)."""
+        thresholds = cls.from_dict(data, where)
+        if digest != thresholds.digest():
+            raise ConfigError(f"{where}: changed since they were calibrated (they no longer match their SHA-256), "
+                              f"so their recorded provenance would be false; to set new thresholds, {remedy}")
+        return thresholds
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "thresholds") -> Thresholds:

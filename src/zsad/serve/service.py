@@ -31,9 +31,7 @@ import numpy as np
 
 from zsad.data import decode_image_bytes, load_image
 from zsad.errors import ConfigError, DataError, TooLargeError
-from zsad.inference.calibration import (
-    PIXEL_RULE, calibration_quality, colour_range, score_references, threshold_at_fpr,
-)
+from zsad.inference.calibration import achieved_rates, score_references, thresholds_at_fpr
 from zsad.inference.inspection import ANOMALOUS, NORMAL, Inspection, Thresholds
 from zsad.inference.overlay import inspection_picture, png_bytes, resize_image
 from zsad.inference.scoring import Inspector, Scorer
@@ -240,26 +238,13 @@ class InspectionService:
                               f"parts")
         references = [not n.learnt for n in normals]
         calibrating = scored.subset(references) if memory and sum(references) >= 2 else scored
-        scores = calibrating.scores
-        quality = calibration_quality(len(scores), target_fpr, len(defect_scores))
-        if self.fixed is not None and not memory and quality["quality"] != "good":
-            # a zero-shot product with few images of its own: the checkpoint's threshold, raised just above them
-            image = max(self.fixed.image, float(np.nextafter(scores.max(), np.inf)))
-            source = "checkpoint threshold, raised above the product's normal images"
-        else:
-            image = threshold_at_fpr(scores, target_fpr, defect_scores)
-            kind = "leave-one-out scores" if scored.leave_one_out else "scores"
-            source = f"{kind} of {len(scores)} normal image(s) at a {100 * target_fpr:g}% false-alarm rate" + \
-                (f", {len(defect_scores)} labelled defect(s)" if len(defect_scores) else "")
-        in_memory = len(scored.scores) - len(scores)
-        if in_memory:
-            source += f"; {in_memory} reviewed normal image(s) in the memory"
-        pixel = PIXEL_RULE.apply(calibrating.pixels)
-        calibration = {"kind": "leave-one-out" if scored.leave_one_out else "direct", "normal": len(scores),
-                       "learnt_in_memory": in_memory, "defects": len(defect_scores), "target_fpr": target_fpr,
-                       **_rates(scores, defect_scores, image), **quality}
-        return Thresholds(image, pixel, source, f"auto: {PIXEL_RULE} of normal pixels",
-                          colour_range(calibrating.pixels, pixel), scored.scores.tolist(), calibration)
+        in_memory = len(scored.scores) - len(calibrating.scores)
+        thresholds = thresholds_at_fpr(
+            calibrating, defect_scores, target_fpr, floor=None if memory or self.fixed is None else self.fixed.image,
+            reference_scores=scored.scores,
+            note=f"; {in_memory} reviewed normal image(s) in the memory" if in_memory else "")
+        thresholds.calibration["learnt_in_memory"] = in_memory
+        return thresholds
 
     def _inspector_for(self, product: Product) -> Inspector:
         scorer = self.new_scorer()
@@ -344,19 +329,13 @@ def _done(value: Any) -> Future:
     return future
 
 
-def _rates(normal: np.ndarray, defects: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """What the threshold achieves on the images it was calibrated on."""
-    return {"normal_flagged": float((normal >= threshold).mean()) if len(normal) else None,
-            "defects_found": float((defects >= threshold).mean()) if len(defects) else None}
-
-
 def _from_checkpoint(fixed: Thresholds, defects: np.ndarray, target_fpr: float) -> Thresholds:
     """A product without normal images of its own: the checkpoint's thresholds, said so."""
     thresholds = Thresholds.from_dict(fixed.to_dict())
     held_out = fixed.calibration.get("normal", 0)
     thresholds.calibration = {
         "kind": "checkpoint", "normal": 0, "defects": len(defects), "target_fpr": target_fpr,
-        "held_out": fixed.calibration, **_rates(np.array([]), defects, fixed.image), "quality": "checkpoint",
+        "held_out": fixed.calibration, **achieved_rates(np.array([]), defects, fixed.image), "quality": "checkpoint",
         "message": f"decisions use the thresholds calibrated at training time on {held_out} held-out normal "
                    f"auxiliary images, not on this product: add normal images or review decisions to calibrate "
                    f"on it"}
