@@ -50,16 +50,21 @@ def _overlay_loaded(driver, card) -> bool:
     return driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
 
 
+def _create_bracket(driver, url: str, images, class_name: str) -> None:
+    """Open the page and create the product "bracket" from the four references through its form."""
+    driver.get(url)
+    _wait(driver, ec.text_to_be_present_in_element((By.ID, "status"), "ready"))
+    driver.find_element(By.ID, "name").send_keys("bracket")
+    driver.find_element(By.ID, "class_name").send_keys(class_name)
+    driver.find_element(By.ID, "references").send_keys("\n".join(str(images[f"ref{i}"]) for i in range(4)))
+    driver.find_element(By.ID, "create-button").click()
+    _wait(driver, ec.text_to_be_present_in_element((By.ID, "create-msg"), "Created bracket"))
+
+
 def test_create_inspect_and_find_the_history_after_a_restart(browser, images, tmp_path):
     store = tmp_path / "store"
     with server(store) as url:
-        browser.get(url)
-        _wait(browser, ec.text_to_be_present_in_element((By.ID, "status"), "ready"))
-        browser.find_element(By.ID, "name").send_keys("bracket")
-        browser.find_element(By.ID, "class_name").send_keys("metal bracket")
-        browser.find_element(By.ID, "references").send_keys("\n".join(str(images[f"ref{i}"]) for i in range(4)))
-        browser.find_element(By.ID, "create-button").click()
-        _wait(browser, ec.text_to_be_present_in_element((By.ID, "create-msg"), "Created bracket"))
+        _create_bracket(browser, url, images, "metal bracket")
         assert "bracket" in browser.find_element(By.ID, "products").text
 
         browser.find_element(By.ID, "images").send_keys(f"{images['defect']}\n{images['normal']}")
@@ -103,13 +108,7 @@ def test_an_operator_teaches_a_false_alarm_from_the_keyboard(browser, images, tm
     other.write_bytes(png(other_texture(1)))
     with server(tmp_path / "store") as url:
         browser.set_window_size(1280, 800)
-        browser.get(url)
-        _wait(browser, ec.text_to_be_present_in_element((By.ID, "status"), "ready"))
-        browser.find_element(By.ID, "name").send_keys("bracket")
-        browser.find_element(By.ID, "class_name").send_keys("metal bracket, left side, stamped steel with two holes")
-        browser.find_element(By.ID, "references").send_keys("\n".join(str(images[f"ref{i}"]) for i in range(4)))
-        browser.find_element(By.ID, "create-button").click()
-        _wait(browser, ec.text_to_be_present_in_element((By.ID, "create-msg"), "Created bracket"))
+        _create_bracket(browser, url, images, "metal bracket, left side, stamped steel with two holes")
         _wait(browser, ec.text_to_be_present_in_element((By.ID, "product-revision"), "1"))
         browser.find_element(By.ID, "images").send_keys(f"{images['defect']}\n{images['normal']}\n{other}")
         _wait(browser, ec.text_to_be_present_in_element((By.ID, "inspect-msg"), "3 inspected, 2 anomalous"))
