@@ -106,7 +106,8 @@ def test_a_checkpoints_thresholds_are_sealed_and_thin_calibrations_are_said(tmp_
     checkpoint = _zero_shot_checkpoint(tmp_path / "aprilgan", normal=3, tpr=0.0)
     images = _folder(tmp_path / "images", {"a.png": _texture(60)})
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path / "p")]) == 0
+    predict = ["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path / "p")]
+    assert main(predict) == 0
     printed = capsys.readouterr().err
     assert "warning: the image threshold rests on 3 normal image(s): a 5% false-alarm target needs at least 20" \
         in printed
@@ -115,13 +116,13 @@ def test_a_checkpoints_thresholds_are_sealed_and_thin_calibrations_are_said(tmp_
     config = json.loads((checkpoint / "config.json").read_text())
     config["thresholds"]["image"] = 0.3
     (checkpoint / "config.json").write_text(json.dumps(config))
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path / "p")]) == 2
+    assert main(predict) == 2
     assert f"zsad calibrate --checkpoint {checkpoint} --refs NORMAL_DIR" in capsys.readouterr().err
 
     normals = _folder(tmp_path / "normals", {f"n{i}.png": _texture(300 + i) for i in range(4)})
     assert main(["calibrate", "--checkpoint", str(checkpoint), "--refs", str(normals), "--class-name", "plate"]) == 0
     assert "warning: the image threshold rests on 4 normal image(s)" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(checkpoint), "--images", str(images), "--out", str(tmp_path / "p")]) == 0
+    assert main(predict) == 0
 
     few_shot = tmp_path / "dictas"
     method = build_method("dictas", backbone="clip-tiny", image_size=SIZE)

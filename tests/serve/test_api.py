@@ -33,7 +33,8 @@ def test_products_inspections_history_survive_a_restart(images, tmp_path):
         assert created.status_code == 201, created.text
         product = created.json()
         assert product["references"] == 4 and product["thresholds"]["image"] is not None
-        assert product["thresholds"]["image_source"] == "leave-one-out scores of 4 normal image(s) at a 5% false-alarm rate"
+        assert product["thresholds"]["image_source"] == \
+            "leave-one-out scores of 4 normal image(s) at a 5% false-alarm rate"
         assert product["calibration"]["quality"] == "few images" and product["revision"] == 1
         response = httpx.post(f"{url}/products/bracket/inspect",
                               files=_files("images", [images["defect"], images["normal"]]), timeout=60)
