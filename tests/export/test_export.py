@@ -63,6 +63,34 @@ def test_exported_model_matches_pytorch(name, backbone, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name, backbone", COMBOS, ids=[f"{n}-{b}" for n, b in COMBOS])
+def test_every_method_exports_at_fp16_and_checks_itself_on_its_runtime(name, backbone, tmp_path):
+    """The written fp16 artefact is run on its own runtime (references turned a quarter) and compared with
+    the PyTorch path before it is kept; WinCLIP's adding ScatterElements stays an fp32 island."""
+    torch.manual_seed(0)
+    method = build_method(name, backbone=backbone, image_size=SIZE)
+    meta = export_model(method, tmp_path / "model", "pcb-1", _images(3, seed=1), precision="fp16")
+    check = meta["check"]
+    assert check["on"] == "references turned a quarter" and check["images"] == 3
+    assert check["map_error"] <= check["tolerance"] and check["score_error"] <= check["tolerance"]
+    assert json.loads((tmp_path / "model" / METADATA).read_text())["check"] == check
+    (inspection,) = deploy.load(tmp_path / "model").inspect(_images(1, seed=5))
+    assert np.isfinite(inspection.anomaly_map).all() and inspection.decision in ("normal", "anomalous")
+
+
+def test_an_artefact_that_deviates_from_pytorch_is_not_written(tmp_path, monkeypatch):
+    import zsad.export as export
+
+    torch.manual_seed(0)
+    method = build_method("knn", backbone="clip-tiny", image_size=SIZE)
+    monkeypatch.setitem(export.TOLERANCE, "fp16", 1e-9)  # fp16 rounding alone exceeds it
+    with pytest.raises(ConfigError, match=r"the exported fp16 model deviates from the PyTorch path on 2 check images"):
+        export_model(method, tmp_path / "model", "pcb", _images(2, seed=1), precision="fp16",
+                     check_images=_images(2, seed=3))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written beside it either
+
+
+@pytest.mark.slow
 def test_a_real_architecture_exports_and_fp16_is_reported(tmp_path):
     """ViT-B/16 with random weights at 224 px: fp32 parity as for the tiny models; fp16 is measured."""
     torch.manual_seed(0)

@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-name", default="object", help='product name for text prompts (default "object")')
     p.add_argument("--refs", type=Path, help="folder of normal reference images: folded into the model (few-shot "
                    "methods need it) and used to calibrate the thresholds as `zsad predict` does")
+    p.add_argument("--check-images", type=Path, help="images the written model is checked on against the PyTorch path "
+                   "(default: the references turned a quarter)")
     p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "openvino"])
     p.add_argument("--out", type=Path, required=True, help="the model folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
@@ -38,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
         for item in skipped:
             console.print(f"skipped: {item.reason}", markup=False, highlight=False)
     fixed = stored_thresholds(args.checkpoint) if args.checkpoint and args.refs is None else None
+    check = load_references(args.check_images, int(args.max_pixels))[0] if args.check_images else None
     meta = export_model(method, args.out, args.class_name, references, args.fmt, args.precision,
-                        tiling_from_args(args, method), fixed, args.overwrite,
+                        tiling_from_args(args, method), fixed, args.overwrite, check_images=check,
                         source={"checkpoint": str(args.checkpoint or ""), "weights": args.weights,
                                 "refs": str(args.refs or "")})
     from zsad.inference.calibration import calibration_warnings
@@ -47,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     for warning in calibration_warnings(Thresholds.from_dict(meta["thresholds"])):
         console.print(f"warning: {warning}", markup=False, highlight=False)
+    c = meta["check"]
+    console.print(f"checked on {c['images']} {c['on']} with {args.fmt} at {args.precision}: maps within "
+                  f"{100 * c['map_error']:.2g}% of their range, scores within {100 * c['score_error']:.2g}% of the "
+                  f"PyTorch path")
     t = meta["thresholds"]
     console.print(f"exported {meta['method']} for {meta['class_name']!r} to {args.out} ({args.fmt}, "
                   f"{meta['input_size']} px input, {meta['references']} references folded in)")

@@ -39,14 +39,24 @@ from torch import Tensor, nn
 from zsad import __version__
 from zsad.core.io import umask
 from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
+from zsad.deploy import load as deploy_load
 from zsad.engine.scorer import method_scorer
 from zsad.errors import ConfigError
 from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate, image_digest
 from zsad.inference.inspection import Thresholds
+from zsad.inference.scoring import Scorer
 from zsad.inference.tiling import Tiling
 from zsad.methods.base import Method
 
 OPSET = 18
+# Kept in fp32 inside an fp16 graph: ONNX Runtime's CPU provider has no fp16 kernel for a ScatterElements
+# that adds (WinCLIP's window counts); and the patch and position embeddings, whose cubic resize of the
+# position grid (constant, folded by the runtime in fp32) cannot shrink a grid once cast to fp16.
+FP32_ISLANDS = ("ScatterElements",)
+FP32_SUBGRAPH = "/embeddings/"
+# How far an artefact may deviate from the PyTorch path on its check images (maps: fraction of their range;
+# scores: of their spread or size). fp16 measured up to 3.2 % (WinCLIP's maps at 64 px).
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.1}
 Format = Literal["onnx", "openvino"]
 Precision = Literal["fp32", "fp16"]
 
@@ -91,12 +101,52 @@ def export_graph(method: Method, path: Path, batch: int = 2) -> None:
                           dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}})
 
 
+def _check_images(method: Method, references: list[np.ndarray] | None,
+                  given: list[np.ndarray] | None) -> tuple[str, list[np.ndarray]]:
+    if given:
+        return "check images", given
+    if references:
+        return "references turned a quarter", [np.ascontiguousarray(np.rot90(r)) for r in references[:8]]
+    size = method.config.image_size
+    rng = np.random.default_rng(0)
+    return "random images", [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2)]
+
+
+def self_check(folder: Path, pytorch: Scorer, check: tuple[str, list[np.ndarray]], precision: str) -> dict[str, Any]:
+    """Run the artefact in ``folder`` on the check images on its own runtime and compare its maps (as a fraction
+    of the PyTorch maps' range) and scores (as a fraction of their spread or size) with the PyTorch path."""
+    what, images = check
+    try:
+        exported = deploy_load(folder).scorer.score(images)
+    except ConfigError:
+        raise
+    except Exception as err:  # the runtime's own exception types: an artefact that cannot run
+        raise ConfigError(f"the exported model does not run on its runtime ({' '.join(str(err).split())[:200]}); "
+                          f"it was not written") from None
+    expected = pytorch.score(images)
+    span = max(float(e.anomaly_map.max() - e.anomaly_map.min()) for e in expected) or 1.0
+    map_error = max(float(np.abs(x.anomaly_map - e.anomaly_map).max()) for x, e in zip(exported, expected)) / span
+    scores = np.array([e.score for e in expected])
+    scale = max(float(np.ptp(scores)), float(np.abs(scores).mean()), 1e-12)
+    score_error = max(abs(x.score - e.score) for x, e in zip(exported, expected)) / scale
+    tolerance = TOLERANCE[precision]
+    if map_error > tolerance or score_error > tolerance:
+        raise ConfigError(f"the exported {precision} model deviates from the PyTorch path on {len(images)} {what}: "
+                          f"maps by {100 * map_error:.3g}% of their range, scores by {100 * score_error:.3g}% "
+                          f"(tolerance {100 * tolerance:g}%); it was not written")
+    return {"images": len(images), "on": what, "map_error": map_error, "score_error": score_error,
+            "tolerance": tolerance}
+
+
 def export_model(method: Method, out: str | Path, class_name: str, references: list[np.ndarray] | None = None,
                  fmt: Format = "onnx", precision: Precision = "fp32", tiling: Tiling | None = None,
                  fixed: Thresholds | None = None, overwrite: bool = False,
-                 source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Prepare ``method`` for ``class_name`` (and its ``references``), calibrate, export; return the metadata.
-    Without references, ``fixed`` thresholds (a checkpoint's held-out calibration) go with the model."""
+                 source: dict[str, Any] | None = None, check_images: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Prepare ``method`` for ``class_name`` (and its ``references``), calibrate, export, check; return the
+    metadata. Without references, ``fixed`` thresholds (a checkpoint's held-out calibration) go with the
+    model. The written artefact is run on ``check_images`` (default: the references rotated by a quarter
+    turn — real content the memory does not hold) on its own runtime and precision and compared with the
+    PyTorch path; one that cannot run or deviates past :data:`TOLERANCE` is not written."""
     import onnx
 
     out = Path(out)
@@ -115,9 +165,11 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
         model = onnx.load(str(onnx_path))
         onnx.checker.check_model(model)
         if precision == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-            onnx.save(convert_float_to_float16(model, keep_io_types=True), str(onnx_path))
+            embeddings = [node.name for node in model.graph.node if FP32_SUBGRAPH in node.name]
+            onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=embeddings,
+                                               op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_ISLANDS]), str(onnx_path))
         files = ["model.onnx"]
         if fmt == "openvino":
             import openvino
@@ -145,6 +197,9 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
             "reference_digests": [image_digest(image) for image in references or []],
             "opset": OPSET,
         }
+        (staging / METADATA).write_text(json.dumps(metadata, indent=2))
+        pytorch = method_scorer(method, tiling)  # prepared on all references above
+        metadata["check"] = self_check(staging, pytorch, _check_images(method, references, check_images), precision)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2))
         staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the artefact gets normal permissions
         if out.exists():
