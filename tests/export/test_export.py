@@ -66,12 +66,17 @@ def test_exported_model_matches_pytorch(name, backbone, tmp_path):
 @pytest.mark.parametrize("name, backbone", COMBOS, ids=[f"{n}-{b}" for n, b in COMBOS])
 def test_every_method_exports_at_fp16_and_checks_itself_on_its_runtime(name, backbone, tmp_path):
     """The written fp16 artefact is run on its own runtime (references turned a quarter) and compared with
-    the PyTorch path before it is kept; WinCLIP's adding ScatterElements stays an fp32 island."""
+    the PyTorch path before it is kept; its thresholds come from its own outputs (leave-one-out through one
+    fp16 artefact per left-out reference for a few-shot method); WinCLIP's adding ScatterElements stays an
+    fp32 island."""
     torch.manual_seed(0)
     method = build_method(name, backbone=backbone, image_size=SIZE)
-    meta = export_model(method, tmp_path / "model", "pcb-1", _images(3, seed=1), precision="fp16")
+    meta = export_model(method, tmp_path / "model", "pcb-1", _images(2, seed=1), precision="fp16")
+    calibration = meta["thresholds"]["calibration"]
+    assert calibration["on"] == "the exported onnx fp16 model"
+    assert calibration["leave_one_out"] == method.few_shot and calibration["images"] == 2
     check = meta["check"]
-    assert check["on"] == "references turned a quarter" and check["images"] == 3
+    assert check["on"] == "references turned a quarter" and check["images"] == 2
     assert check["map_error"] <= check["tolerance"] and check["score_error"] <= check["tolerance"]
     assert json.loads((tmp_path / "model" / METADATA).read_text())["check"] == check
     (inspection,) = deploy.load(tmp_path / "model").inspect(_images(1, seed=5))

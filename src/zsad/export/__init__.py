@@ -40,11 +40,11 @@ from zsad import __version__
 from zsad.core.io import umask
 from zsad.deploy import FORMAT, FORMAT_VERSION, METADATA, sha256
 from zsad.deploy import load as deploy_load
-from zsad.engine.scorer import method_scorer
+from zsad.engine.scorer import MethodModel, method_scorer
 from zsad.errors import ConfigError
 from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate, image_digest
 from zsad.inference.inspection import Thresholds
-from zsad.inference.scoring import Scorer
+from zsad.inference.scoring import ModelOutput, Scorer
 from zsad.inference.tiling import Tiling
 from zsad.methods.base import Method
 
@@ -147,69 +147,112 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
     model. The written artefact is run on ``check_images`` (default: the references rotated by a quarter
     turn — real content the memory does not hold) on its own runtime and precision and compared with the
     PyTorch path; one that cannot run or deviates past :data:`TOLERANCE` is not written."""
-    import onnx
-
     out = Path(out)
     _check(method, references, fmt, precision)
     if out.exists() and not (out.is_dir() and overwrite):
         raise ConfigError(f"{out} exists already: choose another --out or pass --overwrite to replace it")
     method.eval()
     rule = references is not None and len(references) >= (2 if method.few_shot else 1)
-    thresholds = calibrate(method_scorer(method, tiling), class_name, references, IMAGE_RULE if rule else None,
-                           PIXEL_RULE if rule else None, fixed)  # leaves the method prepared on all references
+    image_rule, pixel_rule = (IMAGE_RULE, PIXEL_RULE) if rule else (None, None)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        onnx_path = staging / "model.onnx"
-        export_graph(method, onnx_path)
-        model = onnx.load(str(onnx_path))
-        onnx.checker.check_model(model)
-        if precision == "fp16":
-            from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-            embeddings = [node.name for node in model.graph.node if FP32_SUBGRAPH in node.name]
-            onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=embeddings,
-                                               op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_ISLANDS]), str(onnx_path))
-        files = ["model.onnx"]
-        if fmt == "openvino":
-            import openvino
-
-            openvino.save_model(openvino.convert_model(str(onnx_path)), str(staging / "model.xml"),
-                                compress_to_fp16=precision == "fp16")
-            onnx_path.unlink()
-            files = ["model.xml", "model.bin"]
-        size = method.config.image_size
-        metadata = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "zsad_version": __version__,
-            "method": method.name, "backbone": method.config.backbone, "class_name": class_name,
-            "source": source or {}, "runtime": fmt, "precision": precision, "model_files": files,
-            "sha256": {name: sha256(staging / name) for name in files},
-            "input": {"name": "images", "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "NHWC RGB"},
-            "input_size": size,
-            "preprocessing": {"resize": f"each image to {size}x{size}, bicubic (PIL), before the graph",
-                              "in_graph": "x / 255, then the backbone's mean/std normalisation"},
-            "outputs": {"anomaly_map": {"dtype": "float32", "shape": ["batch", size, size]},
-                        "score": {"dtype": "float32", "shape": ["batch"]}},
-            "postprocessing": "anomaly_map resized bilinearly (half-pixel centres) to each image's own size",
-            "tiling": None if tiling is None else asdict(tiling),
-            "thresholds": thresholds.to_dict(), "thresholds_sha256": thresholds.digest(),
-            "references": len(references or []),
-            "reference_digests": [image_digest(image) for image in references or []],
-            "opset": OPSET,
-        }
-        (staging / METADATA).write_text(json.dumps(metadata, indent=2))
-        pytorch = method_scorer(method, tiling)  # prepared on all references above
-        metadata["check"] = self_check(staging, pytorch, _check_images(method, references, check_images), precision)
-        (staging / METADATA).write_text(json.dumps(metadata, indent=2))
-        staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the artefact gets normal permissions
+        artefact = ArtefactModel(method, staging, fmt, precision)
+        if precision == "fp32" or not rule:  # the PyTorch path decides as the fp32 artefact does (to ~1e-5)
+            thresholds = calibrate(method_scorer(method, tiling), class_name, references, image_rule, pixel_rule, fixed)
+            Scorer(artefact, tiling).prepare(class_name, references if method.few_shot else None)
+        else:  # leave-one-out on the artefact's own outputs: one artefact per left-out reference
+            thresholds = calibrate(Scorer(artefact, tiling), class_name, references, image_rule, pixel_rule, fixed)
+            thresholds.calibration["on"] = f"the exported {fmt} {precision} model"
+        final = artefact.folder  # the last one written: the method prepared for the product as it will run
+        metadata = artefact_metadata(method, final, artefact.files, class_name, fmt, precision, tiling, thresholds,
+                                     references or [], source)
+        (final / METADATA).write_text(json.dumps(metadata, indent=2))
+        metadata["check"] = self_check(final, method_scorer(method, tiling), _check_images(method, references,
+                                                                                           check_images), precision)
+        (final / METADATA).write_text(json.dumps(metadata, indent=2))
+        final.chmod(0o777 & ~umask())  # mkdtemp makes it private; the artefact gets normal permissions
         if out.exists():
             retired = out.with_name(f".{out.name}-replaced")
             out.rename(retired)
-            staging.rename(out)
+            final.rename(out)
             shutil.rmtree(retired)
         else:
-            staging.rename(out)
+            final.rename(out)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
     return metadata
+
+
+def write_artefact(method: Method, folder: Path, fmt: Format, precision: Precision) -> list[str]:
+    """The prepared ``method`` as a model file (or two) in ``folder``, at ``precision``; the file names."""
+    import onnx
+
+    onnx_path = folder / "model.onnx"
+    export_graph(method, onnx_path)
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+        embeddings = [node.name for node in model.graph.node if FP32_SUBGRAPH in node.name]
+        onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=embeddings,
+                                           op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_ISLANDS]), str(onnx_path))
+    if fmt == "onnx":
+        return ["model.onnx"]
+    import openvino
+
+    openvino.save_model(openvino.convert_model(str(onnx_path)), str(folder / "model.xml"),
+                        compress_to_fp16=precision == "fp16")
+    onnx_path.unlink()
+    return ["model.xml", "model.bin"]
+
+
+def artefact_metadata(method: Method, folder: Path, files: list[str], class_name: str, fmt: Format,
+                      precision: Precision, tiling: Tiling | None, thresholds: Thresholds,
+                      references: list[np.ndarray], source: dict[str, Any] | None) -> dict[str, Any]:
+    """``zsad-model.json``: what the runtime needs, how the thresholds were set (sealed), where it came from."""
+    size = method.config.image_size
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "zsad_version": __version__,
+        "method": method.name, "backbone": method.config.backbone, "class_name": class_name,
+        "source": source or {}, "runtime": fmt, "precision": precision, "model_files": files,
+        "sha256": {name: sha256(folder / name) for name in files},
+        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", size, size, 3], "layout": "NHWC RGB"},
+        "input_size": size,
+        "preprocessing": {"resize": f"each image to {size}x{size}, bicubic (PIL), before the graph",
+                          "in_graph": "x / 255, then the backbone's mean/std normalisation"},
+        "outputs": {"anomaly_map": {"dtype": "float32", "shape": ["batch", size, size]},
+                    "score": {"dtype": "float32", "shape": ["batch"]}},
+        "postprocessing": "anomaly_map resized bilinearly (half-pixel centres) to each image's own size",
+        "tiling": None if tiling is None else asdict(tiling),
+        "thresholds": thresholds.to_dict(), "thresholds_sha256": thresholds.digest(),
+        "references": len(references), "reference_digests": [image_digest(image) for image in references],
+        "opset": OPSET,
+    }
+
+
+class ArtefactModel:
+    """The method as an exported artefact runs it: a :class:`~zsad.inference.scoring.Model` whose
+    ``prepare`` writes an artefact for those references and loads it on its runtime, so that calibration
+    (leave-one-out included) runs on the exported model's own outputs at its own precision."""
+
+    def __init__(self, method: Method, workdir: Path, fmt: Format, precision: Precision) -> None:
+        self.method, self.workdir, self.fmt, self.precision = method, workdir, fmt, precision
+        self.few_shot, self.zero_shot = method.few_shot, method.zero_shot
+        self.folder: Path | None = None
+        self.files: list[str] = []
+
+    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
+        MethodModel(self.method).prepare(class_name, references)
+        if self.folder is not None:  # the runtime holds the previous artefact in memory: its files can go
+            shutil.rmtree(self.folder)
+        self.folder = Path(tempfile.mkdtemp(prefix="artefact-", dir=self.workdir))
+        self.files = write_artefact(self.method, self.folder, self.fmt, self.precision)
+        metadata = artefact_metadata(self.method, self.folder, self.files, class_name, self.fmt, self.precision,
+                                     None, Thresholds(), references or [], None)
+        (self.folder / METADATA).write_text(json.dumps(metadata))
+        self.deployed = deploy_load(self.folder, read_thresholds=False)
+
+    def run(self, pieces: list[np.ndarray]) -> ModelOutput:
+        return self.deployed.run(pieces)
