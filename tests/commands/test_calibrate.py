@@ -96,7 +96,7 @@ def _zero_shot_checkpoint(folder: Path, normal: int, tpr: float | None) -> Path:
     method = build_method("aprilgan", backbone="clip-tiny", image_size=SIZE)
     thresholds = held_out_thresholds(0.5, 0.6, (0.1, 1.1), {
         "kind": "held-out", "target_fpr": 0.05, "pixel_fpr": 0.01, "images": normal + 3, "normal": normal,
-        "defective": 3, "categories": 1, "image_fpr": 0.0, "image_tpr": tpr})
+        "defects": 3, "categories": 1, "normal_flagged": 0.0, "defects_found": tpr})
     save_checkpoint(folder, "aprilgan", to_dict(method.config), method.method_state_dict(),
                     thresholds=thresholds.to_dict(), thresholds_sha256=thresholds.digest())
     return folder

@@ -42,7 +42,7 @@ def test_thresholds_are_the_stated_quantiles():
     assert 0.3 < stored.image < 0.3 + 1e-12  # one of the four normal images (25 %) above it
     assert stored.pixel == pytest.approx(0.9)
     assert stored.calibration == {"kind": "held-out", "target_fpr": 0.25, "pixel_fpr": 0.1, "images": 6, "normal": 4,
-                                  "defective": 2, "categories": 2, "image_fpr": 0.25, "image_tpr": 1.0}
+                                  "defects": 2, "categories": 2, "normal_flagged": 0.25, "defects_found": 1.0}
     assert "at most 25% of 4 held-out normal auxiliary images above it" in stored.image_source
     assert Thresholds.from_dict(json.loads(json.dumps(stored.to_dict()))) == stored
     assert calibrate_on_held_out(scores, labels, pixels, 2, 0.05, 0.1).image > 0.4  # 4 images: their maximum
@@ -59,7 +59,7 @@ def test_a_zero_shot_method_decides_on_unseen_categories_with_its_stored_thresho
                  "--data", f"mvtec:{synthetic_root}", "--epochs", "3", "--out", str(run),
                  "--train-set", "feature_cache=off"]) == 0
     stored = json.loads((run / "config.json").read_text())["thresholds"]["calibration"]
-    assert stored["target_fpr"] == 0.05 and stored["normal"] >= 3 and stored["defective"] >= 3
+    assert stored["target_fpr"] == 0.05 and stored["normal"] >= 3 and stored["defects"] >= 3
     capsys.readouterr()
     target_fpr = stored["target_fpr"]
     flagged, normal = 0, 0
@@ -77,10 +77,10 @@ def test_a_zero_shot_method_decides_on_unseen_categories_with_its_stored_thresho
         normal += len(good)
         thresholds = json.loads((out / "thresholds.json").read_text())
         assert thresholds["calibration"] == stored and thresholds["colour_range"] is not None
-    assert stored["image_fpr"] <= target_fpr  # by construction on the held-out images
+    assert stored["normal_flagged"] <= target_fpr  # by construction on the held-out images
     # Unseen categories are not guaranteed the target: the measured rate is reported, not asserted.
     print(f"false-positive rate on unseen normal images {100 * flagged / normal:.1f}% (target "
-          f"{100 * target_fpr:g}%, held-out auxiliary {100 * stored['image_fpr']:.1f}%)")
+          f"{100 * target_fpr:g}%, held-out auxiliary {100 * stored['normal_flagged']:.1f}%)")
 
 
 def test_a_version_1_checkpoint_reads_its_thresholds_with_their_provenance(tmp_path):
@@ -95,7 +95,8 @@ def test_a_version_1_checkpoint_reads_its_thresholds_with_their_provenance(tmp_p
     (tmp_path / "config.json").write_text(json.dumps(config))
     thresholds = stored_thresholds(tmp_path)
     assert (thresholds.image, thresholds.pixel, thresholds.colour_range) == (0.4, 0.7, (0.1, 1.3))
-    assert thresholds.calibration["normal"] == 6 and thresholds.calibration["image_tpr"] is None
+    assert thresholds.calibration["normal"] == 6 and thresholds.calibration["defects_found"] is None
+    assert (thresholds.calibration["defects"], thresholds.calibration["normal_flagged"]) == (3, 0.0)
     assert "at most 5% of 6 held-out normal auxiliary images" in thresholds.image_source
     assert read_config(tmp_path)["format_version"] == 2
 

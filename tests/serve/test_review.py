@@ -175,8 +175,8 @@ def test_a_zero_shot_product_without_references_decides_by_the_checkpoints_thres
     torch.manual_seed(0)
     method = build_method("aprilgan", backbone="clip-tiny", image_size=64)
     held_out = held_out_thresholds(0.5, 0.6, (0.1, 1.1), {"kind": "held-out", "target_fpr": 0.05, "pixel_fpr": 0.01,
-                                                          "images": 40, "normal": 24, "defective": 16,
-                                                          "categories": 4, "image_fpr": 0.0, "image_tpr": 0.8})
+                                                          "images": 40, "normal": 24, "defects": 16,
+                                                          "categories": 4, "normal_flagged": 0.0, "defects_found": 0.8})
     save_checkpoint(tmp_path / "model", "aprilgan", to_dict(method.config), method.method_state_dict(),
                     thresholds=held_out.to_dict(), thresholds_sha256=held_out.digest())
     serve = [sys.executable, "-m", "zsad", "serve", "--checkpoint", str(tmp_path / "model"), "--device", "cpu"]

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         rates = thresholds.calibration
         console.print(f"decision thresholds stored in the checkpoint: image {thresholds.image:.4g} "
                       f"({thresholds.image_source}; on the held-out images: false-positive rate "
-                      f"{100 * rates['image_fpr']:.1f}%, true-positive rate {_percent(rates['image_tpr'])}), "
+                      f"{100 * rates['normal_flagged']:.1f}%, true-positive rate {_percent(rates['defects_found'])}), "
                       f"pixel {thresholds.pixel:.4g}")
         for warning in calibration_warnings(thresholds):
             console.print(f"warning: {warning}", markup=False, highlight=False)

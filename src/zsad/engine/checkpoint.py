@@ -113,9 +113,12 @@ def _thresholds_with_provenance(data: dict[str, Any]) -> dict[str, Any]:
     own shape."""
     old = data.get("thresholds")
     if old is not None:
-        achieved = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in old["achieved"].items()}
+        held_out, achieved = old["held_out"], old["achieved"]
+        found = achieved["image_tpr"]
         calibration = {"kind": "held-out", "target_fpr": old["target_fpr"], "pixel_fpr": old["pixel_fpr"],
-                       **old["held_out"], **achieved}
+                       "images": held_out["images"], "normal": held_out["normal"], "defects": held_out["defective"],
+                       "categories": held_out["categories"], "normal_flagged": achieved["image_fpr"],
+                       "defects_found": None if found is None or math.isnan(found) else found}
         thresholds = held_out_thresholds(old["image"], old["pixel"], tuple(old["colour_range"]), calibration)
         data["thresholds"], data["thresholds_sha256"] = thresholds.to_dict(), thresholds.digest()
     return data

@@ -149,9 +149,8 @@ def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels:
     defective = scores[labels == 1]
     return held_out_thresholds(image, pixel, colour_range(normal_pixels, pixel), {
         "kind": "held-out", "target_fpr": target_fpr, "pixel_fpr": pixel_fpr, "images": len(scores),
-        "normal": len(normal), "defective": len(defective), "categories": categories,
-        "image_fpr": float((normal >= image).mean()),
-        "image_tpr": float((defective >= image).mean()) if len(defective) else None})
+        "normal": len(normal), "defects": len(defective), "categories": categories,
+        **achieved_rates(normal, defective, image)})
 
 
 def threshold_at_fpr(normal: np.ndarray, target_fpr: float, defective: np.ndarray | None = None) -> float:
@@ -173,10 +172,15 @@ def threshold_at_fpr(normal: np.ndarray, target_fpr: float, defective: np.ndarra
     return float(threshold)
 
 
+def images_needed(target_fpr: float) -> int:
+    """Normal images needed before a false-alarm rate can be read off them: ``1 / target_fpr`` (fewer, and
+    not one may lie above the threshold, which is then their maximum)."""
+    return int(np.ceil(1 / target_fpr - 1e-9))
+
+
 def calibration_quality(normal: int, target_fpr: float, defective: int = 0) -> dict:
-    """Whether a false-alarm rate can be read off ``normal`` images at all: ``1 / target_fpr`` of them are
-    needed before one may lie above the threshold; fewer, and the threshold is their maximum."""
-    needed = int(np.ceil(1 / target_fpr - 1e-9))
+    """Whether a false-alarm rate can be read off ``normal`` images at all (see :func:`images_needed`)."""
+    needed = images_needed(target_fpr)
     if normal >= needed:
         return {"quality": "good", "message": f"thresholds rest on {normal} normal and {defective} defective "
                                                f"image(s)"}
@@ -217,11 +221,11 @@ def calibration_warnings(thresholds: Thresholds) -> list[str]:
     facts, warnings = thresholds.calibration, []
     target, normal = facts.get("target_fpr"), facts.get("normal")
     if thresholds.image is not None and target and normal is not None:
-        needed = int(np.ceil(1 / target - 1e-9))
+        needed = images_needed(target)
         if normal < needed:
             warnings.append(f"the image threshold rests on {normal} normal image(s): a {100 * target:g}% false-alarm "
                             f"target needs at least {needed} to mean anything")
-    if facts.get("image_tpr", facts.get("defects_found")) == 0:
+    if facts.get("defects_found") == 0:
         warnings.append("no defective calibration image reached the image threshold (true-positive rate 0%): its "
                         "decisions may miss every defect")
     return warnings
@@ -242,7 +246,8 @@ def calibrate_on_images(scorer: Scorer, class_name: str, normals: list[np.ndarra
 
 
 def achieved_rates(normal: np.ndarray, defects: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """What a threshold achieves on the images it was calibrated on."""
+    """What a threshold achieves on the images it was calibrated on: the fraction of normal images it
+    flags and of defective ones it finds (None without such images)."""
     return {"normal_flagged": float((normal >= threshold).mean()) if len(normal) else None,
             "defects_found": float((defects >= threshold).mean()) if len(defects) else None}
 
