@@ -108,7 +108,8 @@ def main() -> None:
         created = httpx.post(f"{url}/products", data={"name": "fabric", "class_name": "fabric"}, timeout=300,
                              files=[("references", (f"r{i}.png", png(r), "image/png"))
                                     for i, r in enumerate(references)])
-        created.raise_for_status()
+        if created.status_code != 201:
+            raise SystemExit(f"creating the product failed: {created.text}")
         latencies: list[float] = []
         errors = 0
         accepted = 0
