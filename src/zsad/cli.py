@@ -21,6 +21,10 @@ from zsad.core.io import check_output_dir
 COMMANDS = ("datasets", "synth", "methods", "train", "eval", "backbones", "explain", "predict", "calibrate", "report",
             "demo", "serve", "export", "reproduce", "convert-openclip")
 
+# Packages the base (runtime) install leaves out, and the extra that brings each.
+EXTRAS = {"torch": "torch", "transformers": "torch", "safetensors": "torch", "huggingface_hub": "torch",
+          "scipy": "torch", "matplotlib": "torch", "onnx": "torch", "openvino": "openvino"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -48,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # disk full, permission, name too long, ... while writing: one line, the path named
         where = f"{err.filename}: " if err.filename else ""
         print(f"zsad {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").split(".")[0]
+        if missing not in EXTRAS:
+            raise
+        print(f"zsad {args.command}: error: this needs {missing}, which the runtime install leaves out; install "
+              f"it with: pip install 'zsad[{EXTRAS[missing]}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zsad {args.command}: interrupted", file=sys.stderr)

@@ -164,7 +164,9 @@ def test_cli_export_then_predict_without_torch(tmp_path):
     assert "3 image(s) predicted" in deployed.stderr
     blocked = subprocess.run([sys.executable, "-c", BLOCKED, "predict", "--method", "knn", "--images", str(images)],
                              capture_output=True, text=True, env=env)
-    assert blocked.returncode != 0 and "blocked" in blocked.stderr  # the block is real
+    assert blocked.returncode == 2 and blocked.stderr.splitlines() == [  # the block is real, the error one line
+        "zsad predict: error: this needs torch, which the runtime install leaves out; install it with: "
+        "pip install 'zsad[torch]'"]
     reference = subprocess.run(
         [sys.executable, "-m", "zsad", "predict", "--method", "knn", "--backbone", "clip-tiny", "--image-size", "224",
          "--class-name", "coins", "--refs", str(refs), "--images", str(images), "--out", str(tmp_path / "pytorch")],

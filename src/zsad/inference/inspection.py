@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from zsad.errors import ConfigError
+from zsad.inference.components import components
 
 MAX_REGIONS = 50  # regions reported per image, highest peak first
 ANOMALOUS, NORMAL = "anomalous", "normal"
@@ -130,21 +130,12 @@ def find_regions(anomaly_map: np.ndarray, threshold: float | None, limit: int = 
     ``limit``); none without a threshold."""
     if threshold is None:
         return []
-    labels, count = ndimage.label(anomaly_map >= threshold, structure=np.ones((3, 3)))
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    peaks = ndimage.maximum(anomaly_map, labels, index)
-    peak_positions = ndimage.maximum_position(anomaly_map, labels, index)
-    means = ndimage.mean(anomaly_map, labels, index)
-    areas = ndimage.sum_labels(np.ones_like(labels), labels, index)
-    regions = []
-    for number, (rows, cols) in enumerate(ndimage.find_objects(labels)):
-        y, x = peak_positions[number]
-        regions.append(Region((int(cols.start), int(rows.start), int(cols.stop - cols.start),
-                               int(rows.stop - rows.start)), float(peaks[number]), (int(x), int(y)),
-                              int(areas[number]), float(means[number])))
-    return sorted(regions, key=lambda r: -r.peak)[:limit]
+    found = components(anomaly_map, anomaly_map >= threshold)
+    highest = np.argsort(-found.peak, kind="stable")[:limit]  # ties stay in raster order
+    return [Region((int(found.left[k]), int(found.top[k]), int(found.right[k] - found.left[k]),
+                    int(found.bottom[k] - found.top[k])), float(found.peak[k]),
+                   (int(found.peak_col[k]), int(found.peak_row[k])), int(found.area[k]), float(found.mean[k]))
+            for k in highest]
 
 
 @dataclass

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import io
 
-import functools
-
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from zsad.inference.inspection import Inspection
 
@@ -21,20 +18,33 @@ TRUTH_COLOUR = (0, 255, 0)
 GAP = 4  # pixels of white between panels
 
 
-@functools.cache
-def _heat_table() -> np.ndarray:
-    """The turbo colour map as 256 RGB rows; matplotlib is imported on first use only, so code that
-    imports this module (the prediction engine) does not pay for it."""
-    from matplotlib import colormaps
-
-    return (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+# The turbo colour map (Google, Apache-2.0) sampled at 256 levels as RGB bytes, as matplotlib rounds it:
+# a table, so the runtime needs no plotting library to colour a map.
+TURBO = np.frombuffer(bytes.fromhex(
+    "30123b32154333184a341b51351e5836215f37246638276d392a733a2d793b2f803c32863d358b3e38913f3b973f3e9c"
+    "4040a24143a74146ac4249b1424bb5434eba4451bf4454c34456c74559cb455ccf455ed34661d64664da4666dd4669e0"
+    "466be3476ee64771e94773eb4776ee4778f0477bf2467df44680f64682f84685fa4687fb458afc458cfd448ffe4391fe"
+    "4294ff4196ff4099ff3e9bfe3d9efe3ba0fd3aa3fc38a5fb37a8fa35abf833adf731aff52fb2f42eb4f22cb7f02ab9ee"
+    "28bceb27bee925c0e723c3e422c5e220c7df1fc9dd1ecbda1ccdd81bd0d51ad2d21ad4d019d5cd18d7ca18d9c818dbc5"
+    "18ddc218dec018e0bd19e2bb19e3b91ae4b61ce6b41de7b21fe9af20eaac22ebaa25eca727eea42aefa12cf09e2ff19b"
+    "32f29835f39438f4913cf58e3ff68a43f78746f8844af8804ef97d52fa7a55fa7659fb735dfc6f61fc6c65fd6969fd66"
+    "6dfe6271fe5f75fe5c79fe597dff5680ff5384ff5188ff4e8bff4b8fff4992ff4796fe4499fe429cfe409ffd3fa1fd3d"
+    "a4fc3ca7fc3aa9fb39acfb38affa37b1f936b4f836b7f735b9f635bcf534bef434c1f334c3f134c6f034c8ef34cbed34"
+    "cdec34d0ea34d2e935d4e735d7e535d9e436dbe236dde037dfdf37e1dd37e3db38e5d938e7d739e9d539ebd339ecd13a"
+    "eecf3aefcd3af1cb3af2c93af4c73af5c53af6c33af7c13af8be39f9bc39faba39fbb838fbb637fcb336fcb136fdae35"
+    "fdac34fea933fea732fea431fea130fe9e2ffe9b2dfe992cfe962bfe932afe9029fd8d27fd8a26fc8725fc8423fb8122"
+    "fb7e21fa7b1ff9781ef9751df8721cf76f1af66c19f56918f46617f36315f26014f15d13f05b12ef5811ed5510ec530f"
+    "eb500eea4e0de84b0ce7490ce5470be4450ae2430ae14109df3f08dd3d08dc3b07da3907d83706d63506d43305d23105"
+    "d02f05ce2d04cc2b04ca2a04c82803c52603c32503c12302be2102bc2002b91e02b71d02b41b01b21a01af1801ac1701"
+    "a91601a71401a41301a112019e10019b0f01980e01950d01920b018e0a018b09028808028507028106027e05027a0403"
+), dtype=np.uint8).reshape(256, 3)
 
 
 def heat_colours(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` of ``anomaly_map`` on the turbo colour map, ``low`` blue and ``high`` red."""
     span = high - low if high > low else 1.0
     level = np.clip((anomaly_map.astype(np.float64) - low) / span, 0, 1)
-    return _heat_table()[np.round(level * 255).astype(np.intp)]
+    return TURBO[np.round(level * 255).astype(np.intp)]
 
 
 def blend(image: np.ndarray, colours: np.ndarray, opacity: float = 0.5) -> np.ndarray:
@@ -48,7 +58,24 @@ def outline(mask: np.ndarray, width: int | None = None) -> np.ndarray:
     if not mask.any():
         return np.zeros_like(mask, dtype=bool)
     width = width or max(1, round(max(mask.shape) / 200))
-    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+    return mask & ~_eroded(mask, width)
+
+
+def _eroded(mask: np.ndarray, times: int) -> np.ndarray:
+    """``mask`` eroded ``times`` by the 4-neighbour cross, pixels outside the image counting as unset."""
+    inner = mask.copy()
+    for _ in range(times):
+        shrunk = inner.copy()
+        shrunk[1:] &= inner[:-1]
+        shrunk[:-1] &= inner[1:]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        shrunk[0] = shrunk[-1] = False
+        shrunk[:, 0] = shrunk[:, -1] = False
+        inner = shrunk
+        if not inner.any():
+            break
+    return inner
 
 
 def draw(image: np.ndarray, pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
