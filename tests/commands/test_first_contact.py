@@ -44,5 +44,5 @@ def test_a_misspelt_backbone_is_refused_before_torch_loads(tmp_path):
 
 def test_export_offers_only_the_precisions_it_can_write():
     done = zsad("export", "--method", "knn", "--precision", "bf16", "--out", "x", blocked=True)
-    assert done.returncode == 2 and "invalid choice: 'bf16' (choose from 'fp32', 'fp16')" in done.stderr
+    assert done.returncode == 2 and "invalid choice: 'bf16' (choose from 'fp32', 'fp16', 'int8')" in done.stderr
     assert "bf16" not in zsad("export", "--help", blocked=True).stdout

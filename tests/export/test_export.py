@@ -62,18 +62,25 @@ def test_exported_model_matches_pytorch(name, backbone, tmp_path):
     assert map_error <= 1e-4 and score_error <= 1e-4, (map_error, score_error)
 
 
+# int8 on every combination passed when it was written (about a minute); the suite keeps one of each kind:
+# a reference memory, a trained dictionary, text anchors with a trained head.
+REDUCED = [(*combo, "fp16") for combo in COMBOS] + [("knn", "clip-tiny", "int8"), ("dictas", "clip-tiny", "int8"),
+                                                    ("aprilgan", "clip-tiny", "int8")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name, backbone", COMBOS, ids=[f"{n}-{b}" for n, b in COMBOS])
-def test_every_method_exports_at_fp16_and_checks_itself_on_its_runtime(name, backbone, tmp_path):
-    """The written fp16 artefact is run on its own runtime (references turned a quarter) and compared with
-    the PyTorch path before it is kept; its thresholds come from its own outputs (leave-one-out through one
-    fp16 artefact per left-out reference for a few-shot method); WinCLIP's adding ScatterElements stays an
-    fp32 island."""
+@pytest.mark.parametrize("name, backbone, precision", REDUCED, ids=["-".join(r) for r in REDUCED])
+def test_every_method_exports_at_reduced_precision_and_checks_itself_on_its_runtime(name, backbone, precision,
+                                                                                   tmp_path):
+    """The written fp16 or int8 artefact is run on its own runtime (references turned a quarter) and compared
+    with the PyTorch path before it is kept; its thresholds come from its own outputs (leave-one-out through one
+    artefact per left-out reference for a few-shot method); WinCLIP's adding ScatterElements stays an fp32
+    island in fp16; int8 quantises the backbone's matrix products only."""
     torch.manual_seed(0)
     method = build_method(name, backbone=backbone, image_size=SIZE)
-    meta = export_model(method, tmp_path / "model", "pcb-1", _images(2, seed=1), precision="fp16")
+    meta = export_model(method, tmp_path / "model", "pcb-1", _images(2, seed=1), precision=precision)
     calibration = meta["thresholds"]["calibration"]
-    assert calibration["on"] == "the exported onnx fp16 model"
+    assert calibration["on"] == f"the exported onnx {precision} model"
     assert calibration["leave_one_out"] == method.few_shot and calibration["images"] == 2
     check = meta["check"]
     assert check["on"] == "references turned a quarter" and check["images"] == 2
@@ -190,7 +197,7 @@ def test_bad_exports_and_bad_models_are_one_line_errors(tmp_path):
     knn = build_method("knn", backbone="clip-tiny", image_size=SIZE)
     with pytest.raises(ConfigError, match="few-shot: pass --refs"):
         export_model(knn, tmp_path / "a", "pcb", None)
-    with pytest.raises(ConfigError, match="--precision must be fp32 or fp16"):
+    with pytest.raises(ConfigError, match="--precision must be one of fp32, fp16, int8"):
         export_model(knn, tmp_path / "a", "pcb", _images(2, 1), precision="bf16")
     export_model(knn, tmp_path / "model", "pcb", _images(2, 1))
     with pytest.raises(ConfigError, match="exists already"):
@@ -243,3 +250,42 @@ def test_a_tiled_export_tiles_and_stitches_like_the_pytorch_path(tmp_path):
     assert exported.shape == (150, 130)
     assert np.abs(exported - expected).max() <= 1e-4 * (expected.max() - expected.min())
     assert abs(exported_score - score) <= 1e-4
+
+
+def test_int8_with_masked_check_images_reports_and_gates_the_pixel_auroc(tmp_path, monkeypatch):
+    """`zsad export --precision int8 --check-images DIR --check-masks DIR`: the artefact's pixel AUROC on the
+    masked check images is measured beside PyTorch's and recorded; an artefact losing more than allowed is
+    refused; masks are found by relative path and stem (or stem_mask) and must fit their image."""
+    import zsad.export as export
+
+    rng = np.random.default_rng(7)
+    base = rng.integers(90, 140, (SIZE, SIZE, 3), dtype=np.uint8)
+    noisy = [np.clip(base.astype(int) + rng.integers(-8, 8, base.shape), 0, 255).astype(np.uint8) for _ in range(6)]
+    defective, mask = noisy[4].copy(), np.zeros((SIZE, SIZE), dtype=np.uint8)
+    defective[20:36, 24:40], mask[20:36, 24:40] = 250, 255
+    refs = _write(tmp_path / "refs", noisy[:3])
+    checks = _write(tmp_path / "checks", [noisy[3], defective])
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "1_mask.png")  # 0.png has none: all normal
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    command = [sys.executable, "-m", "zsad", "export", "--method", "knn", "--backbone", "clip-tiny", "--image-size",
+               str(SIZE), "--refs", str(refs), "--precision", "int8", "--check-images", str(checks), "--check-masks",
+               str(tmp_path / "masks"), "--out", str(tmp_path / "model")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    reached = json.loads((tmp_path / "model" / METADATA).read_text())["check"]["pixel_auroc"]
+    assert reached["pytorch"] > 0.95 and reached["loss"] <= export.AUROC_LOSS
+    assert f"loss {100 * reached['loss']:.2f} points" in done.stderr
+
+    Image.fromarray(mask[:32]).save(tmp_path / "masks" / "1_mask.png")
+    done = subprocess.run([*command[:-1], str(tmp_path / "other")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stderr.strip().endswith(
+        "1_mask.png: the mask is 64x32 but its image " + str(checks / "1.png") + " is 64x64")
+
+    torch.manual_seed(0)
+    method = build_method("knn", backbone="clip-tiny", image_size=SIZE)
+    monkeypatch.setattr(export, "AUROC_LOSS", -1.0)  # no artefact can gain a whole AUROC
+    with pytest.raises(ConfigError, match="loses .* points of pixel AUROC on the check images"):
+        export_model(method, tmp_path / "refused", "pcb", noisy[:3], precision="int8",
+                     check_images=[noisy[3], defective], check_masks=[np.zeros((SIZE, SIZE), bool), mask > 0])
+    assert not (tmp_path / "refused").exists()

@@ -31,6 +31,9 @@ def add_method_arguments(p: argparse.ArgumentParser, checkpoint_help: str = "a t
                    help="override a method config field (repeatable), e.g. --set lookup=dense")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--precision", default="fp32", choices=precisions, help="numeric precision (default fp32)")
+    p.add_argument("--memory-budget", type=int, metavar="PATCHES", help="reference patches a patch memory keeps "
+                   "per layer, chosen by greedy coreset selection as PatchCore does (knn, aprilgan; default: all), "
+                   "for many or large (tiled) references")
 
 
 def check_names(args: argparse.Namespace) -> None:
@@ -66,8 +69,29 @@ def method_from_args(args: argparse.Namespace):
         raise ConfigError("give --method NAME or --checkpoint DIR")
     device = run_device(args.device)
     method = build_method(args.method, checkpoint=args.checkpoint, backbone=args.backbone, weights=args.weights,
-                          image_size=args.image_size, overrides=args.overrides, device=device)
+                          image_size=args.image_size, overrides=method_overrides(args), device=device)
     return method, device
+
+
+def _has_memory(name: str) -> bool:
+    from dataclasses import fields
+
+    from zsad.methods.base import method_class
+
+    return "memory_budget" in {f.name for f in fields(method_class(name).Config)}
+
+
+def method_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides, with ``--memory-budget`` as the config field it stands for."""
+    overrides = list(args.overrides)
+    if args.memory_budget is not None:
+        if args.memory_budget < 1:
+            raise ConfigError(f"--memory-budget must be a positive number of patches, got {args.memory_budget}")
+        if args.method and not _has_memory(args.method):
+            raise ConfigError(f"--memory-budget applies to methods with a reference patch memory (knn, aprilgan), "
+                              f"not {args.method}")
+        overrides.append(f"memory_budget={args.memory_budget}")
+    return overrides
 
 
 def run_device(name: str | None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsad.commands.common import add_method_arguments, run_device
+from zsad.commands.common import add_method_arguments, method_overrides, run_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
              "calibration_fraction": args.calibration_fraction, "target_fpr": args.target_fpr}
     console = Console(stderr=True, quiet=not distributed.is_main())
     plan = TrainingPlan(method, list(args.data), args.out, backbone=args.backbone, weights=args.weights,
-                        image_size=args.image_size, overrides=list(args.overrides),
+                        image_size=args.image_size, overrides=method_overrides(args),
                         train={k: v for k, v in flags.items() if v is not None},
                         train_overrides=list(args.train_overrides),
                         stages=(args.stage,) if args.stage else None, init=args.checkpoint, resume=args.resume,

@@ -23,6 +23,9 @@ from zsad.methods.base import Method
 from zsad.methods.components.maps import upsample
 
 
+REFERENCE_CHUNK = 64  # a multiple of every method's reference batch, so the batches a backbone sees are unchanged
+
+
 def to_batch(images: list[np.ndarray], size: int, device: torch.device) -> Tensor:
     """``[B, 3, size, size]`` in [0, 1], resized as the evaluation loader resizes."""
     stacked = np.stack([resize_image(image, (size, size)) for image in images])
@@ -42,9 +45,15 @@ class MethodModel:
 
     @torch.inference_mode()
     def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
-        refs = to_batch(references, self.size, self.method.device) if references else None
+        """References reach the method :data:`REFERENCE_CHUNK` at a time as float tensors: thousands of tiles
+        are never one tensor (a patch memory keeps only their tokens)."""
         with autocast(self.method.device, self.precision):
-            self.method.prepare(class_name, refs)
+            if not references:
+                self.method.prepare(class_name, None)
+                return
+            batches = (to_batch(references[start : start + REFERENCE_CHUNK], self.size, self.method.device)
+                       for start in range(0, len(references), REFERENCE_CHUNK))
+            self.method.prepare_in_batches(class_name, batches, len(references))
 
     @torch.inference_mode()
     def run(self, pieces: list[np.ndarray]) -> ModelOutput:

@@ -28,7 +28,7 @@ import json
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,8 @@ from zsad.engine.scorer import MethodModel, method_scorer
 from zsad.errors import ConfigError
 from zsad.inference.calibration import IMAGE_RULE, PIXEL_RULE, calibrate, image_digest
 from zsad.inference.inspection import Thresholds
-from zsad.inference.scoring import ModelOutput, Scorer
+from zsad.inference.scoring import ModelOutput, Scored, Scorer
+from zsad.metrics.binary import auroc
 from zsad.inference.tiling import Tiling
 from zsad.methods.base import Method
 
@@ -54,11 +55,19 @@ OPSET = 18
 # position grid (constant, folded by the runtime in fp32) cannot shrink a grid once cast to fp16.
 FP32_ISLANDS = ("ScatterElements",)
 FP32_SUBGRAPH = "/embeddings/"
+# int8: the backbone's matrix products only (weights int8 per output channel, activations quantised on the fly
+# by ONNX Runtime); the method's own heads, anchors and reference memories stay fp32, where a rounded distance
+# to the nearest normal patch would be the anomaly score's error itself.
+INT8_OPS = ("MatMul", "Gemm")
+INT8_SCOPE = "/backbone/"
 # How far an artefact may deviate from the PyTorch path on its check images (maps: fraction of their range;
-# scores: of their spread or size). fp16 measured up to 3.2 % (WinCLIP's maps at 64 px).
-TOLERANCE = {"fp32": 1e-3, "fp16": 0.1}
+# scores: of their spread or size). fp16 measured up to 3.2 % (WinCLIP's maps at 64 px); int8 2.5 % on
+# random-weight ViT-B/16 and ViT-L/14@336 (knn).
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.1, "int8": 0.1}
+# With masked check images: the most pixel AUROC an artefact may lose against the PyTorch path.
+AUROC_LOSS = 0.01
 Format = Literal["onnx", "openvino"]
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 class DeployGraph(nn.Module):
@@ -76,8 +85,11 @@ class DeployGraph(nn.Module):
 def _check(method: Method, references: list[np.ndarray] | None, fmt: str, precision: str) -> None:
     if fmt not in ("onnx", "openvino"):
         raise ConfigError(f"--format must be onnx or openvino, got {fmt!r}")
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"--precision must be fp32 or fp16 for export, got {precision!r}")
+    if precision not in TOLERANCE:
+        raise ConfigError(f"--precision must be one of {', '.join(TOLERANCE)} for export, got {precision!r}")
+    if precision == "int8" and fmt != "onnx":
+        raise ConfigError("--precision int8 is written for --format onnx (ONNX Runtime's quantised kernels); "
+                          "export fp16 for OpenVINO")
     if method.few_shot and not method.zero_shot and not references:
         raise ConfigError(f"method {method.name!r} is few-shot: pass --refs DIR with normal images of the product "
                           f"to fold into the exported model")
@@ -85,8 +97,8 @@ def _check(method: Method, references: list[np.ndarray] | None, fmt: str, precis
         try:
             import openvino  # noqa: F401
         except ImportError:
-            raise ConfigError("--format openvino needs the openvino package: pip install 'zsad[deploy]' "
-                              "openvino") from None
+            raise ConfigError("--format openvino needs the openvino package: pip install 'zsad[openvino]'"
+                              ) from None
 
 
 def export_graph(method: Method, path: Path, batch: int = 2) -> None:
@@ -101,21 +113,31 @@ def export_graph(method: Method, path: Path, batch: int = 2) -> None:
                           dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}})
 
 
-def _check_images(method: Method, references: list[np.ndarray] | None,
-                  given: list[np.ndarray] | None) -> tuple[str, list[np.ndarray]]:
+@dataclass
+class CheckSet:
+    """What an artefact is checked on: images, what they are (for messages), and defect masks if known."""
+
+    what: str
+    images: list[np.ndarray]
+    masks: list[np.ndarray] | None = None
+
+
+def _check_set(method: Method, references: list[np.ndarray] | None, given: list[np.ndarray] | None,
+               masks: list[np.ndarray] | None) -> CheckSet:
     if given:
-        return "check images", given
+        return CheckSet("check images", given, masks)
     if references:
-        return "references turned a quarter", [np.ascontiguousarray(np.rot90(r)) for r in references[:8]]
+        return CheckSet("references turned a quarter", [np.ascontiguousarray(np.rot90(r)) for r in references[:8]])
     size = method.config.image_size
     rng = np.random.default_rng(0)
-    return "random images", [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2)]
+    return CheckSet("random images", [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2)])
 
 
-def self_check(folder: Path, pytorch: Scorer, check: tuple[str, list[np.ndarray]], precision: str) -> dict[str, Any]:
+def self_check(folder: Path, pytorch: Scorer, check: CheckSet, precision: str) -> dict[str, Any]:
     """Run the artefact in ``folder`` on the check images on its own runtime and compare its maps (as a fraction
-    of the PyTorch maps' range) and scores (as a fraction of their spread or size) with the PyTorch path."""
-    what, images = check
+    of the PyTorch maps' range) and scores (as a fraction of their spread or size) with the PyTorch path; with
+    masks, also the pixel AUROC each reaches, which the artefact may not lose by more than :data:`AUROC_LOSS`."""
+    images = check.images
     try:
         exported = deploy_load(folder).scorer.score(images)
     except ConfigError:
@@ -131,22 +153,42 @@ def self_check(folder: Path, pytorch: Scorer, check: tuple[str, list[np.ndarray]
     score_error = max(abs(x.score - e.score) for x, e in zip(exported, expected)) / scale
     tolerance = TOLERANCE[precision]
     if map_error > tolerance or score_error > tolerance:
-        raise ConfigError(f"the exported {precision} model deviates from the PyTorch path on {len(images)} {what}: "
-                          f"maps by {100 * map_error:.3g}% of their range, scores by {100 * score_error:.3g}% "
-                          f"(tolerance {100 * tolerance:g}%); it was not written")
-    return {"images": len(images), "on": what, "map_error": map_error, "score_error": score_error,
-            "tolerance": tolerance}
+        raise ConfigError(f"the exported {precision} model deviates from the PyTorch path on {len(images)} "
+                          f"{check.what}: maps by {100 * map_error:.3g}% of their range, scores by "
+                          f"{100 * score_error:.3g}% (tolerance {100 * tolerance:g}%); it was not written")
+    result = {"images": len(images), "on": check.what, "map_error": map_error, "score_error": score_error,
+              "tolerance": tolerance}
+    if check.masks is not None:
+        result["pixel_auroc"] = _auroc_loss(exported, expected, check.masks, precision)
+    return result
+
+
+def _auroc_loss(exported: list[Scored], expected: list[Scored], masks: list[np.ndarray],
+                precision: str) -> dict[str, float]:
+    truth = np.concatenate([m.ravel() for m in masks])
+    if truth.all() or not truth.any():
+        raise ConfigError("--check-masks: the masks must mark some pixels defective and leave some normal")
+    reached = {name: auroc(np.concatenate([s.anomaly_map.ravel() for s in scored]), truth)
+               for name, scored in (("pytorch", expected), ("exported", exported))}
+    loss = reached["pytorch"] - reached["exported"]
+    if loss > AUROC_LOSS:
+        raise ConfigError(f"the exported {precision} model loses {100 * loss:.2f} points of pixel AUROC on the "
+                          f"check images ({100 * reached['exported']:.2f} vs {100 * reached['pytorch']:.2f} in "
+                          f"PyTorch; at most {100 * AUROC_LOSS:g} allowed); it was not written")
+    return {**reached, "loss": loss}
 
 
 def export_model(method: Method, out: str | Path, class_name: str, references: list[np.ndarray] | None = None,
                  fmt: Format = "onnx", precision: Precision = "fp32", tiling: Tiling | None = None,
                  fixed: Thresholds | None = None, overwrite: bool = False,
-                 source: dict[str, Any] | None = None, check_images: list[np.ndarray] | None = None) -> dict[str, Any]:
+                 source: dict[str, Any] | None = None, check_images: list[np.ndarray] | None = None,
+                 check_masks: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Prepare ``method`` for ``class_name`` (and its ``references``), calibrate, export, check; return the
     metadata. Without references, ``fixed`` thresholds (a checkpoint's held-out calibration) go with the
     model. The written artefact is run on ``check_images`` (default: the references rotated by a quarter
     turn — real content the memory does not hold) on its own runtime and precision and compared with the
-    PyTorch path; one that cannot run or deviates past :data:`TOLERANCE` is not written."""
+    PyTorch path; one that cannot run or deviates past :data:`TOLERANCE` (or, given ``check_masks`` for the
+    check images, loses more than :data:`AUROC_LOSS` of pixel AUROC) is not written."""
     out = Path(out)
     _check(method, references, fmt, precision)
     if out.exists() and not (out.is_dir() and overwrite):
@@ -168,8 +210,8 @@ def export_model(method: Method, out: str | Path, class_name: str, references: l
         metadata = artefact_metadata(method, final, artefact.files, class_name, fmt, precision, tiling, thresholds,
                                      references or [], source)
         (final / METADATA).write_text(json.dumps(metadata, indent=2))
-        metadata["check"] = self_check(final, method_scorer(method, tiling), _check_images(method, references,
-                                                                                           check_images), precision)
+        check = _check_set(method, references, check_images, check_masks)
+        metadata["check"] = self_check(final, method_scorer(method, tiling), check, precision)
         (final / METADATA).write_text(json.dumps(metadata, indent=2))
         final.chmod(0o777 & ~umask())  # mkdtemp makes it private; the artefact gets normal permissions
         if out.exists():
@@ -198,6 +240,8 @@ def write_artefact(method: Method, folder: Path, fmt: Format, precision: Precisi
         embeddings = [node.name for node in model.graph.node if FP32_SUBGRAPH in node.name]
         onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=embeddings,
                                            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_ISLANDS]), str(onnx_path))
+    if precision == "int8":
+        _quantise(model, onnx_path)
     if fmt == "onnx":
         return ["model.onnx"]
     import openvino
@@ -206,6 +250,16 @@ def write_artefact(method: Method, folder: Path, fmt: Format, precision: Precisi
                         compress_to_fp16=precision == "fp16")
     onnx_path.unlink()
     return ["model.xml", "model.bin"]
+
+
+def _quantise(model: Any, path: Path) -> None:
+    """Rewrite the fp32 graph at ``path`` with the backbone's matrix products in int8 (see :data:`INT8_SCOPE`)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    chosen = [node.name for node in model.graph.node if node.op_type in INT8_OPS and INT8_SCOPE in node.name]
+    quantised = path.with_name("int8.onnx")
+    quantize_dynamic(path, quantised, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=chosen)
+    quantised.replace(path)
 
 
 def artefact_metadata(method: Method, folder: Path, files: list[str], class_name: str, fmt: Format,

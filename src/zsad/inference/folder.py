@@ -126,6 +126,28 @@ def load_references(folder: Path, max_pixels: int = PredictConfig.max_pixels,
     return [image for _, image in decoded], [p for p, _ in decoded], skipped
 
 
+def load_masks(masks: Path, images: list[np.ndarray], paths: list[Path], root: Path) -> list[np.ndarray]:
+    """Defect masks for ``images`` (read from ``paths`` under ``root``): the file under ``masks`` with the
+    image's relative path and stem (or stem + ``_mask``, as MVTec AD names them), any image format, set where
+    bright; an image without one is all normal."""
+    _, files = list_files(masks)
+    root = root if root.is_dir() else root.parent
+    by_stem = {f.relative_to(masks).with_suffix(""): f for f in files}
+    found = []
+    for image, path in zip(images, paths):
+        stem = path.relative_to(root).with_suffix("")
+        file = by_stem.get(stem) or by_stem.get(stem.with_name(stem.name + "_mask"))
+        if file is None:
+            found.append(np.zeros(image.shape[:2], dtype=bool))
+            continue
+        mask = load_image(file).max(axis=-1) > 127
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{file}: the mask is {mask.shape[1]}x{mask.shape[0]} but its image {path} is "
+                            f"{image.shape[1]}x{image.shape[0]}")
+        found.append(mask)
+    return found
+
+
 def overlay_names(relatives: list[Path]) -> list[Path]:
     """Output names: the relative path with a ``.png`` suffix, or the full name + ``.png`` where two
     inputs differ only by their suffix (``a.jpg`` and ``a.png``)."""

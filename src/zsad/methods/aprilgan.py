@@ -21,6 +21,7 @@ smoothing: ``sigma`` defaults to 0.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -32,7 +33,7 @@ from zsad.data.types import Batch
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.components.losses import anomalous_probability, segmentation_losses
 from zsad.methods.components.maps import minmax
-from zsad.methods.components.memory import PatchMemory, reference_tokens
+from zsad.methods.components.memory import PatchMemory, token_pieces
 from zsad.methods.components.mosaic import mosaic_batch
 from zsad.methods.components.synthesis import batch_generator
 from zsad.methods.components.prompts import WINCLIP, text_anchors
@@ -49,6 +50,7 @@ class AprilGanConfig(MethodConfig):
     chunk_size: int = 4096  # reference patches compared at once (bounds memory)
     mosaic_prob: float = 0.0  # rate of 2x2 same-class mosaics in training (the code's MVTec setting: 0.2)
     reference_batch_size: int = 8
+    memory_budget: int = 0  # reference patches kept per layer by greedy coreset selection; 0: every one
 
 
 @register
@@ -65,7 +67,7 @@ class AprilGan(Method):
     def __init__(self, backbone: FeatureExtractor, config: AprilGanConfig) -> None:
         super().__init__(backbone, config)
         self.heads = nn.ModuleList(nn.Linear(backbone.width, backbone.embed_dim) for _ in self.layers)
-        self.memory = PatchMemory(config.chunk_size)
+        self.memory = PatchMemory(config.chunk_size, config.memory_budget)
         self.anchors: Tensor | None = None
 
     @property
@@ -109,10 +111,14 @@ class AprilGan(Method):
 
     # --- inference --------------------------------------------------------------------------------------
     def prepare(self, class_name: str, references: Tensor | None) -> None:
+        self.prepare_in_batches(class_name, [] if references is None else [references],
+                                0 if references is None else len(references))
+
+    def prepare_in_batches(self, class_name: str, batches: Iterable[Tensor], count: int) -> None:
         self.anchors = text_anchors(self.backbone.text, class_name, WINCLIP)
-        banks = [] if references is None else reference_tokens(self.backbone, references, self.few_shot_layers,
-                                                               self.config.reference_batch_size)
-        self.memory.build(banks)
+        rows, cols = self.backbone.grid_for(self.config.image_size)
+        self.memory.build_from(token_pieces(self.backbone, batches, self.few_shot_layers,
+                                            self.config.reference_batch_size), count * rows * cols)
 
     def predict(self, images: Tensor) -> Prediction:
         if self.anchors is None:

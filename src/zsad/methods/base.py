@@ -162,6 +162,13 @@ class Method(nn.Module):
         """Build per-category state; ``references`` are k normal images ``[k, 3, H, W]`` in [0, 1] or None."""
         raise NotImplementedError
 
+    def prepare_in_batches(self, class_name: str, batches: Iterable[Tensor], count: int) -> None:
+        """:meth:`prepare` for references too many to hold as one float tensor (the tiles of large images),
+        arriving as ``batches`` in order, ``count`` in all. Methods whose state grows reference by reference
+        (a patch memory) override it to keep only what they need; the default gathers them."""
+        gathered = list(batches)
+        self.prepare(class_name, (gathered[0] if len(gathered) == 1 else torch.cat(gathered)) if gathered else None)
+
     def predict(self, images: Tensor) -> Prediction:
         raise NotImplementedError
 

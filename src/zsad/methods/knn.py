@@ -3,18 +3,20 @@
 Every patch of a query image is scored by its smallest cosine distance to all patches of the k
 reference images of its category, per layer; the per-layer maps are upsampled to the input size,
 averaged and Gaussian-smoothed, and the image score is the map's maximum. The reference bank holds
-``k × N`` patches per layer and is searched in chunks, so 16 shots of ViT-L at 518 px fit in a few GB.
+``k × N`` patches per layer and is searched in chunks, so 16 shots of ViT-L at 518 px fit in a few GB;
+``memory_budget`` caps it by PatchCore's greedy coreset (for the tiles of large references).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from zsad.backbones.base import FeatureExtractor
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.components.memory import PatchMemory, reference_tokens
+from zsad.methods.components.memory import PatchMemory, token_pieces
 
 
 @dataclass
@@ -24,6 +26,7 @@ class KnnConfig(MethodConfig):
     sigma: float = 4.0  # Gaussian smoothing in pixels of the input resolution
     chunk_size: int = 4096  # reference patches compared at once (bounds memory)
     reference_batch_size: int = 8
+    memory_budget: int = 0  # reference patches kept per layer by greedy coreset selection; 0: every one
 
 
 @register
@@ -35,12 +38,17 @@ class PatchKnn(Method):
 
     def __init__(self, backbone: FeatureExtractor, config: KnnConfig) -> None:
         super().__init__(backbone, config)
-        self.memory = PatchMemory(config.chunk_size)
+        self.memory = PatchMemory(config.chunk_size, config.memory_budget)
 
     def prepare(self, class_name: str, references: Tensor | None) -> None:
         if references is None or len(references) == 0:
             raise ValueError("knn needs k >= 1 normal reference images")
-        self.memory.build(reference_tokens(self.backbone, references, self.layers, self.config.reference_batch_size))
+        self.prepare_in_batches(class_name, [references], len(references))
+
+    def prepare_in_batches(self, class_name: str, batches: Iterable[Tensor], count: int) -> None:
+        pieces = token_pieces(self.backbone, batches, self.layers, self.config.reference_batch_size)
+        rows, cols = self.backbone.grid_for(self.config.image_size)
+        self.memory.build_from(pieces, count * rows * cols)
 
     def predict(self, images: Tensor) -> Prediction:
         features = self.backbone(images, self.layers)

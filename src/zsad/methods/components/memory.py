@@ -1,26 +1,57 @@
 """A memory of reference patch tokens, searched by nearest cosine neighbour: the few-shot half of knn,
-APRIL-GAN and the DictAS dictionary's input."""
+APRIL-GAN and the DictAS dictionary's input.
+
+With a ``budget`` the memory keeps at most that many patches per layer, chosen by greedy coreset selection
+(:mod:`zsad.methods.components.coreset`) on the layers' normalised tokens side by side, so a kept patch keeps
+its tokens in every layer. References can arrive in pieces (:meth:`PatchMemory.build_from`): the tiles of
+several large images are then never held at once, and each block is reduced as it completes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zsad.backbones.base import FeatureExtractor
+from zsad.methods.components.coreset import BLOCK, greedy_coreset
 from zsad.methods.components.maps import min_cosine_distance
 
 
 class PatchMemory(nn.Module):
-    """Per-layer banks of reference patch tokens, queried by minimum cosine distance."""
+    """Per-layer banks of reference patch tokens, queried by minimum cosine distance; ``budget`` > 0 caps
+    the patches kept per layer (0 keeps every one)."""
 
-    def __init__(self, chunk_size: int = 4096) -> None:
+    def __init__(self, chunk_size: int = 4096, budget: int = 0) -> None:
         super().__init__()
-        self.chunk_size = chunk_size
+        self.chunk_size, self.budget = chunk_size, budget
         self.banks: list[Tensor] = []
 
     def build(self, banks: list[Tensor]) -> None:
         """``banks[l]`` holds every reference patch of layer l, ``[k * N, C]``."""
-        self.banks = banks
+        self.build_from([banks] if banks else [], len(banks[0]) if banks else 0)
+
+    def build_from(self, pieces: Iterable[list[Tensor]], patches: int) -> None:
+        """Banks from per-layer pieces of tokens arriving in order, ``patches`` in all: gathered whole within
+        the budget, else reduced block by block to each block's share of it."""
+        if not self.budget or patches <= self.budget:
+            self.banks = [layer[0] if len(layer) == 1 else torch.cat(layer) for layer in zip(*pieces)]
+            return
+        share = self.budget / patches
+        kept: list[list[Tensor]] = []
+        pending: list[list[Tensor]] = []
+        for piece in pieces:
+            pending.append(piece)
+            while sum(len(p[0]) for p in pending) >= BLOCK:
+                block = [torch.cat(layer) for layer in zip(*pending)]
+                kept.append(_coreset([b[:BLOCK] for b in block], max(1, round(share * BLOCK))))
+                pending = [[b[BLOCK:] for b in block]] if len(block[0]) > BLOCK else []
+        if pending:
+            rest = [torch.cat(layer) for layer in zip(*pending)]
+            kept.append(_coreset(rest, max(1, round(share * len(rest[0])))))
+        self.banks = [torch.cat(layer) for layer in zip(*kept)]
 
     def distances(self, tokens: list[Tensor], grid: tuple[int, int]) -> Tensor:
         """Min cosine distance of each query patch, ``[B, L, h, w]`` for per-layer tokens ``[B, N, C]``."""
@@ -32,12 +63,22 @@ class PatchMemory(nn.Module):
         return torch.stack(maps, 1)
 
 
+def _coreset(banks: list[Tensor], count: int) -> list[Tensor]:
+    """The same ``count`` patches of every layer, chosen on the layers' unit tokens side by side."""
+    chosen = greedy_coreset(torch.cat([F.normalize(bank.float(), dim=-1) for bank in banks], dim=1), count)
+    return [bank[chosen] for bank in banks]
+
+
 def reference_tokens(backbone: FeatureExtractor, references: Tensor, layers: tuple[int, ...],
                      batch_size: int) -> list[Tensor]:
     """Patch tokens of all references per layer, flattened to ``[k * N, C]``."""
-    per_layer: list[list[Tensor]] = [[] for _ in layers]
-    for start in range(0, references.shape[0], batch_size):
-        features = backbone(references[start : start + batch_size], layers)
-        for bank, tokens in zip(per_layer, features.patch_tokens):
-            bank.append(tokens.reshape(-1, tokens.shape[-1]))
-    return [torch.cat(bank) for bank in per_layer]
+    return [torch.cat(layer) for layer in zip(*token_pieces(backbone, [references], layers, batch_size))]
+
+
+def token_pieces(backbone: FeatureExtractor, batches: Iterable[Tensor], layers: tuple[int, ...],
+                 batch_size: int) -> Iterator[list[Tensor]]:
+    """Per-layer patch tokens ``[b * N, C]`` of each ``batch_size`` references, batch after batch."""
+    for references in batches:
+        for start in range(0, references.shape[0], batch_size):
+            features = backbone(references[start : start + batch_size], layers)
+            yield [tokens.reshape(-1, tokens.shape[-1]) for tokens in features.patch_tokens]
