@@ -23,7 +23,7 @@ class Brightness:
         self.calls: list[int] = []
         self.prepared: tuple[str, int] | None = None
 
-    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
+    def prepare(self, class_name: str, references: list[np.ndarray] | None, progress=None) -> None:
         self.prepared = (class_name, len(references or []))
 
     def run(self, pieces: list[np.ndarray]) -> ModelOutput:

@@ -25,8 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "--refs, i.e. the q0.999 quantile of reference pixels; otherwise no contours)")
     p.add_argument("--batch-size", type=int, default=8, help="images (or tiles) per model call (default 8)")
     add_tiling_arguments(p)
-    p.add_argument("--save-maps", action="store_true",
-                   help="also write every anomaly map as maps/<relative path>.npy (float32, the image's size)")
+    p.add_argument("--save-maps", nargs="?", const="float32", default="", choices=["float32", "float16", "compressed"],
+                   help="also write every anomaly map at the image's size under maps/: float32 (the default) or "
+                   "float16 as .npy, or compressed (float16, deflated, .npz)")
+    p.add_argument("--overlay-side", type=int, default=2048, help="overlays of images longer than this are drawn "
+                   "shrunk to fit (regions are still found at full size; 0: always full size; default 2048)")
     p.add_argument("--out", type=Path, default=Path("runs/predict"), help="output folder (default runs/predict)")
     p.set_defaults(func=run)
 
@@ -42,14 +45,23 @@ def run(args: argparse.Namespace) -> int:
     config = PredictConfig(class_name=args.class_name,
                            threshold=parse_threshold(args.threshold or default, IMAGE_RULE),
                            pixel_threshold=parse_threshold(args.pixel_threshold or default, PIXEL_RULE),
-                           batch_size=args.batch_size, save_maps=args.save_maps, max_pixels=int(args.max_pixels))
+                           batch_size=args.batch_size, save_maps=args.save_maps, max_pixels=int(args.max_pixels),
+                           overlay_side=args.overlay_side)
     if args.model is not None:
         scorer, name = _exported(args, config)
     else:
         scorer, name = _method(args, config)
-    with progress_bar(console, f"predicting with {name}") as advance:
-        advance.total(len(list_files(args.images, exclude=args.out)[1]))
-        summary = predict_folder(scorer, args.images, args.out, args.refs, config, advance, name)
+    files = list_files(args.images, exclude=args.out)[1]
+    if scorer.tiling is None:
+        with progress_bar(console, f"predicting with {name}") as advance:
+            advance.total(len(files))
+            summary = predict_folder(scorer, args.images, args.out, args.refs, config, advance, name)
+    else:
+        total = _announce_tiles(console, scorer, files, args, config)
+        with progress_bar(console, f"predicting with {name}, tiles") as advance:
+            advance.total(total)
+            scorer.progress = advance
+            summary = predict_folder(scorer, args.images, args.out, args.refs, config, None, name)
     for skipped in summary.skipped:
         console.print(f"skipped: {skipped.reason}", markup=False, highlight=False)
     t = summary.thresholds
@@ -64,6 +76,38 @@ def run(args: argparse.Namespace) -> int:
                   f"scores in {args.out / 'scores.csv'}, regions in {args.out / 'inspections.json'}, overlays in "
                   f"{args.out / 'overlays'}")
     return 0
+
+
+def _announce_tiles(console, scorer, files: list[Path], args: argparse.Namespace, config) -> int:
+    """Say before the work starts how many tiles it is and roughly how much memory it takes; the tiles to
+    be run (leave-one-out calibration and preparation included), for the progress bar."""
+    import resource
+
+    from zsad.inference.calibration import ThresholdRule
+    from zsad.inference.folder import list_files, plan_tiles
+    from zsad.inference.scoring import REFERENCE_CHUNK
+
+    references = list_files(args.refs)[1] if args.refs else []
+    plan = plan_tiles(scorer.tiling, references, files)
+    state = getattr(scorer.model, "state_bytes", lambda pieces: 0)(plan.reference_tiles)
+    process = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the model and libraries, loaded
+    peak = process + plan.peak_bytes(scorer.tiling.tile, REFERENCE_CHUNK, state)
+    console.print(f"tiling: {plan.reference_tiles} tiles of {plan.references} reference(s), {plan.image_tiles} of "
+                  f"{plan.images} image(s) at {scorer.tiling.tile} px (overlap {scorer.tiling.overlap:g}); peak "
+                  f"memory about {peak / 2**30:.1f} GB", markup=False, highlight=False)
+    # What calibration (inference.calibration.calibrate) runs: each reference scored once; a few-shot scorer
+    # prepares each reference's part once and joins them (composing models), or prepares the k - 1 leave-one-out
+    # memories and then the final one; a few-shot scorer that scores nothing only prepares the final memory.
+    k = plan.references
+    rules = any(isinstance(t, ThresholdRule) for t in (config.threshold, config.pixel_threshold))
+    scored = k > 0 and (rules or not scorer.few_shot or k >= 2)
+    if not scorer.few_shot or not k:
+        passes = int(scored)
+    elif scored:
+        passes = 2 if scorer.composes else 1 + (k - 1) + 1
+    else:
+        passes = 1
+    return plan.image_tiles + plan.reference_tiles * passes
 
 
 def _exported(args: argparse.Namespace, config):

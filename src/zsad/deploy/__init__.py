@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +149,8 @@ class DeployedModel:
         return lambda batch: [compiled(batch)[i] for i in range(2)]
 
     # --- the Model of the inspection loop -------------------------------------------------------------
-    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
+    def prepare(self, class_name: str, references: list[np.ndarray] | None,
+                progress: Callable[[int], None] | None = None) -> None:
         """Nothing to prepare: the product's state was folded in at export."""
 
     def run(self, pieces: list[np.ndarray]) -> ModelOutput:

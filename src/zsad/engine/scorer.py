@@ -7,7 +7,7 @@ piece's own size; batching, tiling, decisions and regions are the loop's (:mod:`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,12 @@ from torch import Tensor
 from zsad.core.runtime import autocast
 from zsad.inference.folder import PredictConfig, PredictSummary, predict_folder
 from zsad.inference.overlay import resize_image
-from zsad.inference.scoring import ModelOutput, Scorer
+from zsad.inference.scoring import REFERENCE_CHUNK, ModelOutput, Scorer
 from zsad.inference.tiling import Tiling
 from zsad.methods.base import Method
+from zsad.methods.components.coreset import BLOCK
 from zsad.methods.components.maps import upsample
-
-
-REFERENCE_CHUNK = 64  # a multiple of every method's reference batch, so the batches a backbone sees are unchanged
+from zsad.methods.components.memory import PatchMemory
 
 
 def to_batch(images: list[np.ndarray], size: int, device: torch.device) -> Tensor:
@@ -44,16 +43,52 @@ class MethodModel:
         return self.method.config.image_size
 
     @torch.inference_mode()
-    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
+    def prepare(self, class_name: str, references: list[np.ndarray] | None,
+                progress: Callable[[int], None] | None = None) -> None:
         """References reach the method :data:`REFERENCE_CHUNK` at a time as float tensors: thousands of tiles
         are never one tensor (a patch memory keeps only their tokens)."""
         with autocast(self.method.device, self.precision):
             if not references:
                 self.method.prepare(class_name, None)
                 return
-            batches = (to_batch(references[start : start + REFERENCE_CHUNK], self.size, self.method.device)
-                       for start in range(0, len(references), REFERENCE_CHUNK))
-            self.method.prepare_in_batches(class_name, batches, len(references))
+            self.method.prepare_in_batches(class_name, self._batches(references, progress), len(references))
+
+    @property
+    def composes(self) -> bool:
+        return self.method.composes_references
+
+    @torch.inference_mode()
+    def prepare_parts(self, groups: list[list[np.ndarray]], progress: Callable[[int], None] | None = None) -> list:
+        """Each reference's part of the prepared state (``groups``: each reference's pieces), computed once."""
+        total = sum(len(group) for group in groups)
+        with autocast(self.method.device, self.precision):
+            return [self.method.reference_part(self._batches(group, progress), len(group), len(group) / total)
+                    for group in groups]
+
+    @torch.inference_mode()
+    def prepare_from_parts(self, class_name: str, parts: list) -> None:
+        with autocast(self.method.device, self.precision):
+            self.method.prepare_from_parts(class_name, parts)
+
+    def state_bytes(self, references: int) -> int:
+        """Bytes a patch memory holds at most while preparing on ``references`` pieces: the kept patches and,
+        under a budget, one block awaiting reduction (0 for a method without a memory)."""
+        memory = getattr(self.method, "memory", None)
+        if not isinstance(memory, PatchMemory):
+            return 0
+        rows, cols = self.method.backbone.grid_for(self.size)
+        patches = references * rows * cols
+        held = min(patches, memory.budget + BLOCK) if memory.budget else patches
+        layers = len(getattr(self.method, "few_shot_layers", self.method.layers))
+        return 4 * held * layers * self.method.backbone.width
+
+    def _batches(self, references: list[np.ndarray], progress: Callable[[int], None] | None) -> Iterator[Tensor]:
+        for start in range(0, len(references), REFERENCE_CHUNK):
+            if start and progress:  # the previous chunk is done once the method asks for the next
+                progress(REFERENCE_CHUNK)
+            yield to_batch(references[start : start + REFERENCE_CHUNK], self.size, self.method.device)
+        if progress:
+            progress(len(references) - REFERENCE_CHUNK * ((len(references) - 1) // REFERENCE_CHUNK))
 
     @torch.inference_mode()
     def run(self, pieces: list[np.ndarray]) -> ModelOutput:

@@ -28,6 +28,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -297,8 +298,9 @@ class ArtefactModel:
         self.folder: Path | None = None
         self.files: list[str] = []
 
-    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None:
-        MethodModel(self.method).prepare(class_name, references)
+    def prepare(self, class_name: str, references: list[np.ndarray] | None,
+                progress: Callable[[int], None] | None = None) -> None:
+        MethodModel(self.method).prepare(class_name, references, progress)
         if self.folder is not None:  # the runtime holds the previous artefact in memory: its files can go
             shutil.rmtree(self.folder)
         self.folder = Path(tempfile.mkdtemp(prefix="artefact-", dir=self.workdir))

@@ -90,6 +90,7 @@ class ReferenceScores:
     scores: np.ndarray
     samples: list[np.ndarray]
     leave_one_out: bool
+    parts: list | None = None  # each reference's part of a composing model's state (Scorer.prepare_parts)
 
     @property
     def pixels(self) -> np.ndarray:
@@ -124,12 +125,16 @@ def score_references(scorer: Scorer, class_name: str, references: list[np.ndarra
                           f"others and need at least 2 references, got {k}; add references or give numeric "
                           f"thresholds")
     scores, pixels = [], []
+    parts = scorer.prepare_parts(references) if scorer.composes else None
     for i in range(k):
-        scorer.prepare(class_name, references[:i] + references[i + 1 :])
+        if parts is not None:
+            scorer.prepare_from_parts(class_name, parts[:i] + parts[i + 1 :])
+        else:
+            scorer.prepare(class_name, references[:i] + references[i + 1 :])
         (result,) = scorer.score([references[i]])
         scores.append(result.score)
         pixels.append(pixel_sample(result.anomaly_map))
-    return ReferenceScores(np.array(scores), pixels, True)
+    return ReferenceScores(np.array(scores), pixels, True, parts)
 
 
 def calibrate_on_held_out(scores: np.ndarray, labels: np.ndarray, normal_pixels: np.ndarray, categories: int,
@@ -300,7 +305,10 @@ def calibrate(scorer: Scorer, class_name: str, references: list[np.ndarray] | No
         thresholds = Thresholds()
         thresholds.image, thresholds.image_source = _resolve(image, None, "")
         thresholds.pixel, thresholds.pixel_source = _resolve(pixel, None, "")
-    scorer.prepare(class_name, references if scorer.few_shot else None)
+    if scored is not None and scored.parts is not None:
+        scorer.prepare_from_parts(class_name, scored.parts)
+    else:
+        scorer.prepare(class_name, references if scorer.few_shot else None)
     return thresholds
 
 

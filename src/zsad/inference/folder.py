@@ -8,13 +8,16 @@ Every image is predicted at the method's input size and its map resized back to 
 so overlays and contours sit on the original pixels. Output under ``out``:
 
 * ``overlays/<relative path>.png`` — the image beside its heatmap, predicted defects outlined in white;
+  an image longer than ``overlay_side`` pixels is drawn downscaled to it (regions are found at full size);
 * ``scores.csv`` — ``path, score, decision, regions, overlay`` for every image that was read (``regions``:
   how many defect regions were outlined);
 * ``inspections.json`` — every inspection in full: score, decision, size and each region's box, peak,
   peak position, area and mean;
 * ``skipped.csv`` — ``path, reason`` for every file that could not be read (always written);
 * ``thresholds.json`` — the thresholds used, how they were obtained, and the reference scores;
-* ``maps/<relative path>.npy`` — with ``save_maps``, every anomaly map as float32 at the image's own size.
+* ``maps/<relative path>.npy`` — with ``save_maps``, every anomaly map at the image's own size: ``float32``,
+  ``float16`` (half the bytes; about 3 significant digits, plenty for a map) or ``compressed`` (``.npz``,
+  float16 deflated: smooth maps shrink several times more).
 
 Tiling (:mod:`zsad.inference.tiling`) is the scorer's: a tiled scorer cuts every image and every
 reference into tiles at the method's input size and stitches the maps back.
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from zsad.config import check_range
 from zsad.core import io
@@ -48,7 +52,10 @@ from zsad.inference.calibration import Threshold, calibrate
 from zsad.inference.inspection import Thresholds
 from zsad.inference.overlay import inspection_picture, png_bytes
 from zsad.inference.scoring import Inspector, Scorer
-from zsad.inference.tiling import check_image_size
+from zsad.inference.tiling import Tiling, check_image_size
+
+
+MAP_FORMATS = ("", "float32", "float16", "compressed")
 
 
 @dataclass
@@ -58,7 +65,8 @@ class PredictConfig:
     pixel_threshold: Threshold = None  # for contours; None: no contours
     batch_size: int = 8  # images decoded at a time (the scorer batches its own model calls)
     opacity: float = 0.5  # of the heatmap over the image
-    save_maps: bool = False  # also write maps/<relative path>.npy
+    save_maps: str = ""  # also write each map: "float32", "float16" (.npy) or "compressed" (.npz)
+    overlay_side: int = 2048  # overlays of larger images are drawn downscaled to this long side; 0: full size
     max_pixels: int = 100_000_000  # larger images are skipped with a one-line reason
     fixed: Thresholds | None = None  # thresholds set elsewhere (a checkpoint's, an exported model's): used
     # without references, any number given in threshold / pixel_threshold in their place
@@ -67,6 +75,10 @@ class PredictConfig:
         check_range("batch_size", self.batch_size, 1)
         check_range("max_pixels", self.max_pixels, 4)
         check_range("opacity", self.opacity, 0, 1)
+        check_range("overlay_side", self.overlay_side, 0)
+        if self.save_maps not in MAP_FORMATS:
+            raise ConfigError(f"save_maps must be one of {', '.join(repr(f) for f in MAP_FORMATS)}, "
+                              f"got {self.save_maps!r}")
 
 
 @dataclass
@@ -148,6 +160,47 @@ def load_masks(masks: Path, images: list[np.ndarray], paths: list[Path], root: P
     return found
 
 
+@dataclass
+class TilePlan:
+    """What a tiled run will do, known from the files' headers before any pixel is decoded."""
+
+    references: int
+    reference_tiles: int
+    reference_pixels: int
+    images: int
+    image_tiles: int
+    largest_pixels: int  # of one image to inspect
+
+    # Bytes held per pixel of the image being inspected: decoded RGB (3), the two float32 stitching planes (8),
+    # the map (4), its threshold mask and labels (~5) and the overlay's shrunken copies (~4).
+    PER_IMAGE_PIXEL = 24
+
+    def peak_bytes(self, tile: int, chunk: int, state_bytes: int) -> int:
+        """A rough peak beyond the process's own: the references decoded (3 B/px, all at once), a chunk of
+        reference tiles as float32, the largest image's working set and the model's prepared ``state_bytes``."""
+        return (3 * self.reference_pixels + chunk * tile * tile * 3 * 5 + self.PER_IMAGE_PIXEL * self.largest_pixels
+                + state_bytes)
+
+
+def plan_tiles(tiling: Tiling, references: list[Path], images: list[Path]) -> TilePlan:
+    """Tile counts and pixel totals of ``references`` and ``images`` under ``tiling``, from their headers
+    (a file Pillow cannot open counts as nothing: it will be skipped with its reason)."""
+    def sizes(paths: list[Path]) -> list[tuple[int, int]]:
+        found = []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    found.append((image.height, image.width))
+            except Exception:  # noqa: BLE001 - unreadable files are skipped later, with their reason
+                continue
+        return found
+
+    refs, targets = sizes(references), sizes(images)
+    return TilePlan(len(refs), sum(len(tiling.boxes(h, w)) for h, w in refs), sum(h * w for h, w in refs),
+                    len(targets), sum(len(tiling.boxes(h, w)) for h, w in targets),
+                    max((h * w for h, w in targets), default=0))
+
+
 def overlay_names(relatives: list[Path]) -> list[Path]:
     """Output names: the relative path with a ``.png`` suffix, or the full name + ``.png`` where two
     inputs differ only by their suffix (``a.jpg`` and ``a.png``)."""
@@ -187,10 +240,12 @@ def predict_folder(scorer: Scorer, target: Path, out: Path, references: Path | N
                 found = inspector.inspect([image for _, image in images], [str(path) for path, _ in images])
                 for (path, image), inspection in zip(images, found):
                     overlay = Path("overlays") / names[path]
-                    io.write_bytes(staging / overlay, png_bytes(inspection_picture(image, inspection, config.opacity)))
+                    picture = inspection_picture(image, inspection, config.opacity, config.overlay_side)
+                    io.write_bytes(staging / overlay, png_bytes(picture))
                     if config.save_maps:
-                        io.write_bytes(staging / "maps" / names[path].with_suffix(".npy"),
-                                       npy_bytes(inspection.anomaly_map))
+                        suffix = ".npz" if config.save_maps == "compressed" else ".npy"
+                        io.write_bytes(staging / "maps" / names[path].with_suffix(suffix),
+                                       map_bytes(inspection.anomaly_map, config.save_maps))
                     rows.append([str(path), f"{inspection.score:.6g}", inspection.decision,
                                  str(len(inspection.regions)), overlay.as_posix()])
                     inspections.append({**inspection.to_dict(), "overlay": overlay.as_posix()})
@@ -221,9 +276,17 @@ def _replace_outputs(out: Path, staging: Path, kinds: tuple[str, ...]) -> None:
             (staging / kind).rename(out / kind)
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+def map_bytes(anomaly_map: np.ndarray, form: str = "float32") -> bytes:
+    """An anomaly map as a ``.npy`` file (``float32`` or ``float16``) or a ``.npz`` (``compressed``: float16
+    under deflate, the array named ``anomaly_map``)."""
+    if form != "float32" and np.abs(anomaly_map).max() > np.finfo(np.float16).max:
+        raise ConfigError(f"anomaly map values up to {np.abs(anomaly_map).max():.3g} do not fit float16; save "
+                          f"maps as float32")
     buffer = stdio.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    if form == "compressed":
+        np.savez_compressed(buffer, anomaly_map=anomaly_map.astype(np.float16))
+    else:
+        np.save(buffer, np.ascontiguousarray(anomaly_map, dtype=np.float16 if form == "float16" else np.float32))
     return buffer.getvalue()
 
 

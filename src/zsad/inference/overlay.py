@@ -100,13 +100,30 @@ def side_by_side(*panels: np.ndarray) -> np.ndarray:
     return np.concatenate([x for p in parts for x in (p, gap)][:-1], axis=1)
 
 
-def inspection_picture(image: np.ndarray, inspection: Inspection, opacity: float = 0.5) -> np.ndarray:
+def inspection_picture(image: np.ndarray, inspection: Inspection, opacity: float = 0.5,
+                       max_side: int = 0) -> np.ndarray:
     """The image beside its heatmap on the thresholds' colour scale (or the map's own range without one),
-    with the regions above the pixel threshold outlined."""
+    with the regions above the pixel threshold outlined; with ``max_side``, an image longer than that is drawn
+    shrunk by a whole factor to fit (a 20-megapixel picture would be a 12 MB PNG): the image by area averaging,
+    the map by the maximum of each block, so a defect smaller than a block still shows and is outlined."""
     anomaly_map, thresholds = inspection.anomaly_map, inspection.thresholds
     low, high = thresholds.colour_range or (float(anomaly_map.min()), float(anomaly_map.max()))
+    if max_side and max(image.shape[:2]) > max_side:
+        factor = -(-max(image.shape[:2]) // max_side)
+        anomaly_map = block_max(anomaly_map, factor)
+        size = anomaly_map.shape[1], anomaly_map.shape[0]
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
     defects = anomaly_map >= thresholds.pixel if thresholds.pixel is not None else None
     return side_by_side(image, heatmap_overlay(image, anomaly_map, low, high, defects, opacity))
+
+
+def block_max(values: np.ndarray, factor: int) -> np.ndarray:
+    """The maximum of each ``factor`` x ``factor`` block (blocks at the far edges may be partial)."""
+    height, width = values.shape
+    rows, cols = -(-height // factor), -(-width // factor)
+    padded = np.full((rows * factor, cols * factor), -np.inf, dtype=np.float32)
+    padded[:height, :width] = values
+    return padded.reshape(rows, factor, cols, factor).max(axis=(1, 3))
 
 
 def mask_picture(mask: np.ndarray) -> np.ndarray:

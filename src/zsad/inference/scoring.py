@@ -15,7 +15,7 @@ their anomaly maps at each piece's own size and their scores. Everything else is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,9 +41,15 @@ class Model(Protocol):
     few_shot: bool  # prepare() needs references
     zero_shot: bool  # prepare() works without references
 
-    def prepare(self, class_name: str, references: list[np.ndarray] | None) -> None: ...
+    def prepare(self, class_name: str, references: list[np.ndarray] | None,
+                progress: Callable[[int], None] | None = None) -> None: ...
 
     def run(self, pieces: list[np.ndarray]) -> ModelOutput: ...
+
+
+# References a model is handed at a time as one array batch when it prepares (a multiple of every method's
+# reference batch, so the batches a backbone sees do not change with it).
+REFERENCE_CHUNK = 64
 
 
 @dataclass
@@ -59,8 +65,10 @@ class Scorer:
     """A :class:`Model` applied to decoded RGB ``uint8`` images ``[H, W, 3]`` of any size: each image in
     one piece, or cut into tiles whose maps are stitched back; at most ``batch_size`` pieces per call."""
 
-    def __init__(self, model: Model, tiling: Tiling | None = None, batch_size: int = 8) -> None:
+    def __init__(self, model: Model, tiling: Tiling | None = None, batch_size: int = 8,
+                 progress: Callable[[int], None] | None = None) -> None:
         self.model, self.tiling, self.batch_size = model, tiling, batch_size
+        self.progress = progress  # told how many pieces (references, images or tiles) each step finished
 
     @property
     def few_shot(self) -> bool:
@@ -74,7 +82,23 @@ class Scorer:
         """Per-product state; with tiling, every tile of every reference joins the memory."""
         if references and self.tiling is not None:
             references = [pixels for image in references for _, pixels in tiles(image, self.tiling)]
-        self.model.prepare(class_name, references or None)
+        self.model.prepare(class_name, references or None, self.progress)
+
+    @property
+    def composes(self) -> bool:
+        """Whether leave-one-out calibration joins per-reference parts of the model's state (``prepare_parts``,
+        ``prepare_from_parts``) instead of preparing it k times: for tiled references, each of which is many
+        pieces. A few whole references cost little to prepare again, and are then batched exactly as before."""
+        return self.tiling is not None and getattr(self.model, "composes", False)
+
+    def prepare_parts(self, references: list[np.ndarray]) -> list:
+        """Each reference's part of a composing model's state, every reference (or its tiles) run once."""
+        groups = [[pixels for _, pixels in tiles(image, self.tiling)] if self.tiling is not None else [image]
+                  for image in references]
+        return self.model.prepare_parts(groups, self.progress)
+
+    def prepare_from_parts(self, class_name: str, parts: list) -> None:
+        self.model.prepare_from_parts(class_name, parts)
 
     def score(self, images: Sequence[np.ndarray]) -> list[Scored]:
         if self.tiling is not None:
@@ -83,12 +107,16 @@ class Scorer:
         scored = []
         for start in range(0, len(images), self.batch_size):
             output = self.model.run(list(images[start : start + self.batch_size]))
+            if self.progress:
+                self.progress(len(output.scores))
             scored += [Scored(float(score), anomaly_map, {k: float(v[i]) for k, v in output.parts.items()})
                        for i, (score, anomaly_map) in enumerate(zip(output.scores, output.maps))]
         return scored
 
     def _maps_and_scores(self, pieces: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         output = self.model.run(pieces)
+        if self.progress:
+            self.progress(len(pieces))
         return output.maps, output.scores
 
 

@@ -33,7 +33,7 @@ from zsad.data.types import Batch
 from zsad.methods.base import Method, MethodConfig, Prediction, register
 from zsad.methods.components.losses import anomalous_probability, segmentation_losses
 from zsad.methods.components.maps import minmax
-from zsad.methods.components.memory import PatchMemory, token_pieces
+from zsad.methods.components.memory import PatchMemory, reduce_pieces, token_pieces
 from zsad.methods.components.mosaic import mosaic_batch
 from zsad.methods.components.synthesis import batch_generator
 from zsad.methods.components.prompts import WINCLIP, text_anchors
@@ -115,10 +115,18 @@ class AprilGan(Method):
                                 0 if references is None else len(references))
 
     def prepare_in_batches(self, class_name: str, batches: Iterable[Tensor], count: int) -> None:
-        self.anchors = text_anchors(self.backbone.text, class_name, WINCLIP)
+        self.prepare_from_parts(class_name, [self.reference_part(batches, count, 1.0)] if count else [])
+
+    composes_references = True
+
+    def reference_part(self, batches: Iterable[Tensor], count: int, share: float) -> list[Tensor]:
+        pieces = token_pieces(self.backbone, batches, self.few_shot_layers, self.config.reference_batch_size)
         rows, cols = self.backbone.grid_for(self.config.image_size)
-        self.memory.build_from(token_pieces(self.backbone, batches, self.few_shot_layers,
-                                            self.config.reference_batch_size), count * rows * cols)
+        return reduce_pieces(pieces, count * rows * cols, round(self.memory.budget * share))
+
+    def prepare_from_parts(self, class_name: str, parts: list[list[Tensor]]) -> None:
+        self.anchors = text_anchors(self.backbone.text, class_name, WINCLIP)
+        self.memory.combine(parts)
 
     def predict(self, images: Tensor) -> Prediction:
         if self.anchors is None:

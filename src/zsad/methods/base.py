@@ -169,6 +169,20 @@ class Method(nn.Module):
         gathered = list(batches)
         self.prepare(class_name, (gathered[0] if len(gathered) == 1 else torch.cat(gathered)) if gathered else None)
 
+    # Methods whose per-category state is a join of what each reference contributes (a patch memory) set
+    # ``composes_references``: leave-one-out calibration then computes each reference's part once and joins
+    # the others' parts per left-out reference, instead of preparing k times on k - 1 references.
+    composes_references: ClassVar[bool] = False
+
+    def reference_part(self, batches: Iterable[Tensor], count: int, share: float) -> Any:
+        """What one reference (``count`` pieces arriving as ``batches``) contributes, holding ``share`` of any
+        memory budget."""
+        raise NotImplementedError
+
+    def prepare_from_parts(self, class_name: str, parts: list[Any]) -> None:
+        """:meth:`prepare` from the parts of the references to use (none: zero-shot where supported)."""
+        raise NotImplementedError
+
     def predict(self, images: Tensor) -> Prediction:
         raise NotImplementedError
 

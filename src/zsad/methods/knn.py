@@ -16,7 +16,7 @@ from torch import Tensor
 
 from zsad.backbones.base import FeatureExtractor
 from zsad.methods.base import Method, MethodConfig, Prediction, register
-from zsad.methods.components.memory import PatchMemory, token_pieces
+from zsad.methods.components.memory import PatchMemory, reduce_pieces, token_pieces
 
 
 @dataclass
@@ -46,9 +46,19 @@ class PatchKnn(Method):
         self.prepare_in_batches(class_name, [references], len(references))
 
     def prepare_in_batches(self, class_name: str, batches: Iterable[Tensor], count: int) -> None:
+        self.prepare_from_parts(class_name, [self.reference_part(batches, count, 1.0)])
+
+    composes_references = True
+
+    def reference_part(self, batches: Iterable[Tensor], count: int, share: float) -> list[Tensor]:
         pieces = token_pieces(self.backbone, batches, self.layers, self.config.reference_batch_size)
         rows, cols = self.backbone.grid_for(self.config.image_size)
-        self.memory.build_from(pieces, count * rows * cols)
+        return reduce_pieces(pieces, count * rows * cols, round(self.memory.budget * share))
+
+    def prepare_from_parts(self, class_name: str, parts: list[list[Tensor]]) -> None:
+        if not parts:
+            raise ValueError("knn needs k >= 1 normal reference images")
+        self.memory.combine(parts)
 
     def predict(self, images: Tensor) -> Prediction:
         features = self.backbone(images, self.layers)

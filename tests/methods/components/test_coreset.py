@@ -7,10 +7,11 @@ import numpy as np
 import torch
 
 from zsad.engine.build import build_method
-from zsad.engine.scorer import REFERENCE_CHUNK, MethodModel, to_batch
+from zsad.engine.scorer import MethodModel, to_batch
+from zsad.inference.scoring import REFERENCE_CHUNK
 from zsad.methods.components import coreset
 from zsad.methods.components.coreset import greedy_coreset
-from zsad.methods.components.memory import PatchMemory
+from zsad.methods.components.memory import PatchMemory, reduce_pieces
 
 
 def _radius(points: torch.Tensor, chosen: torch.Tensor) -> float:
@@ -42,18 +43,20 @@ def test_budgeted_memory_keeps_layers_aligned_and_streams_in_blocks(monkeypatch)
     generator = torch.Generator().manual_seed(1)
     first = torch.randn(1000, 16, generator=generator)
     second = torch.cat([first * 3, first[:, :4]], dim=1)  # the same patches, another layer
-    memory = PatchMemory(budget=120)
     pieces = [[first[i : i + 70], second[i : i + 70]] for i in range(0, 1000, 70)]
-    memory.build_from(pieces, 1000)
-    kept, kept_second = memory.banks
+    kept, kept_second = reduce_pieces(pieces, 1000, 120)
     assert 110 <= len(kept) <= 130 and len(kept_second) == len(kept)
     torch.testing.assert_close(kept_second, torch.cat([kept * 3, kept[:, :4]], dim=1))
     rows = {tuple(row.tolist()) for row in first}
     assert all(tuple(row.tolist()) in rows for row in kept)
 
-    unlimited = PatchMemory()
-    unlimited.build_from(pieces, 1000)
-    assert torch.equal(unlimited.banks[0], first) and torch.equal(unlimited.banks[1], second)
+    unlimited = reduce_pieces(pieces, 1000, 0)
+    assert torch.equal(unlimited[0], first) and torch.equal(unlimited[1], second)
+    memory = PatchMemory(budget=300)
+    memory.build([first, second])
+    assert 290 <= len(memory.banks[0]) <= 310
+    memory.combine([[kept, kept_second], [first[:5], second[:5]]])
+    assert torch.equal(memory.banks[0], torch.cat([kept, first[:5]]))
 
 
 def test_chunked_preparation_is_bit_identical_and_a_budget_still_finds_the_defect():
@@ -83,3 +86,28 @@ def test_chunked_preparation_is_bit_identical_and_a_budget_still_finds_the_defec
     anomaly_map = model.run([probe]).maps[0]
     inside, outside = anomaly_map[20:36, 28:44].max(), np.delete(anomaly_map, np.s_[16:40], axis=0).max()
     assert inside > outside
+
+
+def test_leave_one_out_from_parts_equals_preparing_each_memory():
+    """A composing method's leave-one-out calibration on tiled references joins each reference's part, computed
+    once; without a budget the scores are those of preparing a memory on the other references each time (to
+    float noise: the backbone sees batches that no longer straddle two references). Untiled references are
+    still prepared k times, batched as they always were."""
+    from zsad.engine.scorer import method_scorer
+    from zsad.inference.calibration import score_references
+    from zsad.inference.tiling import Tiling
+
+    rng = np.random.default_rng(2)
+    references = [rng.integers(0, 255, (80, 96, 3), dtype=np.uint8) for _ in range(3)]
+    torch.manual_seed(0)
+    method = build_method("knn", backbone="clip-tiny", image_size=32)
+    assert not method_scorer(method).composes
+    scorer = method_scorer(method, Tiling(32, 0.25))
+    assert scorer.composes
+    joined = score_references(scorer, "object", references)
+    method.composes_references = False  # this instance only: prepare k times instead
+    prepared = score_references(scorer, "object", references)
+    del method.composes_references
+    assert joined.parts is not None and len(joined.parts) == 3 and prepared.parts is None
+    np.testing.assert_allclose(joined.scores, prepared.scores, rtol=1e-5)
+    np.testing.assert_allclose(joined.pixels, prepared.pixels, rtol=1e-5, atol=1e-6)

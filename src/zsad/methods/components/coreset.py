@@ -5,8 +5,9 @@ tiles hold over half a million patches per layer, which neither fits an edge box
 coreset keeps the patches that cover the rest best: starting from one patch, it repeatedly adds the patch
 farthest from all kept ones (minimax facility location), so rare normal structure survives while the
 thousands of near-copies of a repeating texture collapse to a few. As in PatchCore, distances are taken
-after a random linear projection to a few dozen dimensions (Johnson-Lindenstrauss), which keeps each greedy
-step one matrix-vector product.
+after a random linear projection (Johnson-Lindenstrauss), which keeps each greedy step one matrix-vector
+product; at 64 dimensions (PatchCore's code uses 128) a block of 8192 patches is 2 MB, which stays in cache,
+and a step takes a quarter of the time.
 
 Greedy selection costs (kept patches) x (candidates) steps, quadratic in the memory's size, so a memory
 built from many tiles is reduced in blocks of :data:`BLOCK` patches as they arrive, each to its share of the
@@ -19,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PROJECTION_DIM = 128
-BLOCK = 16384  # patches reduced at once when a memory is built in pieces
+PROJECTION_DIM = 64
+BLOCK = 8192  # patches reduced at once when a memory is built in pieces
 
 
 def greedy_coreset(features: Tensor, count: int, projection_dim: int = PROJECTION_DIM, seed: int = 0) -> Tensor:
@@ -36,13 +37,14 @@ def greedy_coreset(features: Tensor, count: int, projection_dim: int = PROJECTIO
     else:
         points = features.float()
     norms = points.square().sum(1)
-    chosen = torch.empty(count, dtype=torch.long, device=features.device)
-    chosen[0] = int(torch.randint(total, (1,), generator=generator))
+    chosen = [int(torch.randint(total, (1,), generator=generator))]
     nearest = torch.full((total,), float("inf"), device=features.device)
-    for step in range(count):
-        if step:
-            chosen[step] = torch.argmax(nearest)
-        centre = points[chosen[step]]
-        distance = norms - 2 * (points @ centre) + centre.square().sum()  # squared distance to the new centre
-        nearest = torch.minimum(nearest, distance)
-    return chosen
+    distance = torch.empty_like(nearest)
+    while True:
+        latest = chosen[-1]
+        # squared distance to the newest centre: |p|^2 - 2 p.c + |c|^2, one matrix-vector product
+        torch.addmv(norms, points, points[latest], alpha=-2, out=distance).add_(norms[latest])
+        torch.minimum(nearest, distance, out=nearest)
+        if len(chosen) == count:
+            return torch.tensor(chosen, device=features.device)
+        chosen.append(int(torch.argmax(nearest)))

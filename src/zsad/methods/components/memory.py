@@ -3,8 +3,10 @@ APRIL-GAN and the DictAS dictionary's input.
 
 With a ``budget`` the memory keeps at most that many patches per layer, chosen by greedy coreset selection
 (:mod:`zsad.methods.components.coreset`) on the layers' normalised tokens side by side, so a kept patch keeps
-its tokens in every layer. References can arrive in pieces (:meth:`PatchMemory.build_from`): the tiles of
-several large images are then never held at once, and each block is reduced as it completes.
+its tokens in every layer. Tokens can arrive in pieces (:func:`reduce_pieces`): the tiles of several large
+images are then never held at once, and each block is reduced as it completes. A memory is joined from
+parts reduced one reference at a time (:meth:`PatchMemory.combine`), so leave-one-out calibration joins the
+other references' parts instead of running the backbone over them again.
 """
 
 from __future__ import annotations
@@ -30,28 +32,12 @@ class PatchMemory(nn.Module):
         self.banks: list[Tensor] = []
 
     def build(self, banks: list[Tensor]) -> None:
-        """``banks[l]`` holds every reference patch of layer l, ``[k * N, C]``."""
-        self.build_from([banks] if banks else [], len(banks[0]) if banks else 0)
+        """``banks[l]`` holds every reference patch of layer l, ``[k * N, C]``; kept within the budget."""
+        self.banks = reduce_pieces([banks] if banks else [], len(banks[0]) if banks else 0, self.budget)
 
-    def build_from(self, pieces: Iterable[list[Tensor]], patches: int) -> None:
-        """Banks from per-layer pieces of tokens arriving in order, ``patches`` in all: gathered whole within
-        the budget, else reduced block by block to each block's share of it."""
-        if not self.budget or patches <= self.budget:
-            self.banks = [layer[0] if len(layer) == 1 else torch.cat(layer) for layer in zip(*pieces)]
-            return
-        share = self.budget / patches
-        kept: list[list[Tensor]] = []
-        pending: list[list[Tensor]] = []
-        for piece in pieces:
-            pending.append(piece)
-            while sum(len(p[0]) for p in pending) >= BLOCK:
-                block = [torch.cat(layer) for layer in zip(*pending)]
-                kept.append(_coreset([b[:BLOCK] for b in block], max(1, round(share * BLOCK))))
-                pending = [[b[BLOCK:] for b in block]] if len(block[0]) > BLOCK else []
-        if pending:
-            rest = [torch.cat(layer) for layer in zip(*pending)]
-            kept.append(_coreset(rest, max(1, round(share * len(rest[0])))))
-        self.banks = [torch.cat(layer) for layer in zip(*kept)]
+    def combine(self, parts: list[list[Tensor]]) -> None:
+        """Banks joined from parts reduced separately (one per reference: see :func:`reduce_pieces`)."""
+        self.banks = [torch.cat(layer) for layer in zip(*parts)] if parts else []
 
     def distances(self, tokens: list[Tensor], grid: tuple[int, int]) -> Tensor:
         """Min cosine distance of each query patch, ``[B, L, h, w]`` for per-layer tokens ``[B, N, C]``."""
@@ -61,6 +47,26 @@ class PatchMemory(nn.Module):
         maps = [min_cosine_distance(t.reshape(-1, t.shape[-1]), bank, self.chunk_size).view(b, *grid)
                 for t, bank in zip(tokens, self.banks)]
         return torch.stack(maps, 1)
+
+
+def reduce_pieces(pieces: Iterable[list[Tensor]], patches: int, keep: int) -> list[Tensor]:
+    """Per-layer banks of the ``patches`` tokens arriving as ``pieces``: all of them when ``keep`` is 0 or not
+    fewer, else about ``keep``, each block of :data:`BLOCK` reduced to its share as it completes."""
+    if not keep or patches <= keep:
+        return [layer[0] if len(layer) == 1 else torch.cat(layer) for layer in zip(*pieces)]
+    share = keep / patches
+    kept: list[list[Tensor]] = []
+    pending: list[list[Tensor]] = []
+    for piece in pieces:
+        pending.append(piece)
+        while sum(len(p[0]) for p in pending) >= BLOCK:
+            block = [torch.cat(layer) for layer in zip(*pending)]
+            kept.append(_coreset([b[:BLOCK] for b in block], max(1, round(share * BLOCK))))
+            pending = [[b[BLOCK:] for b in block]] if len(block[0]) > BLOCK else []
+    if pending:
+        rest = [torch.cat(layer) for layer in zip(*pending)]
+        kept.append(_coreset(rest, max(1, round(share * len(rest[0])))))
+    return [torch.cat(layer) for layer in zip(*kept)]
 
 
 def _coreset(banks: list[Tensor], count: int) -> list[Tensor]:
