@@ -16,7 +16,7 @@ from PIL import Image
 
 from zsad.errors import ConfigError
 from zsad.inference.folder import PredictConfig, map_bytes, plan_tiles
-from zsad.inference.inspection import Thresholds, find_regions, Inspection
+from zsad.inference.inspection import Inspection, Thresholds, find_regions
 from zsad.inference.overlay import GAP, PREDICTED_COLOUR, block_max, inspection_picture
 from zsad.inference.tiling import Tiling
 
@@ -63,7 +63,8 @@ def test_plan_counts_tiles_from_headers(tmp_path):
     plan = plan_tiles(tiling, paths[:2], [*paths, tmp_path / "broken.png"])
     assert (plan.references, plan.images) == (2, 3)
     assert plan.reference_tiles == len(tiling.boxes(500, 700)) + 1 == 13
-    assert plan.image_tiles == 13 + 1 and plan.largest_pixels == 500 * 700 and plan.reference_pixels == 500 * 700 + 224**2
+    assert plan.image_tiles == 13 + 1 and plan.largest_pixels == 500 * 700
+    assert plan.reference_pixels == 500 * 700 + 224**2
 
 
 @pytest.mark.parametrize("references, thresholds, passes", [

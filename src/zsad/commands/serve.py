@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the inspection API and web page (products, inspections, history)")
     add_method_arguments(p)
     add_tiling_arguments(p)
+    p.add_argument("--model", type=Path, action="append", default=[], metavar="DIR",
+                   help="serve an exported model (`zsad export`) as a product named after its folder; repeatable; "
+                   "runs on ONNX Runtime or OpenVINO without PyTorch")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1); any other than "
                    "loopback needs --token")
     p.add_argument("--port", type=int, default=8000)
@@ -49,22 +52,44 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
-    from zsad.commands.common import method_from_args, tiling_from_args
-    from zsad.serve import build_service
     from zsad.serve.app import create_app
-    from zsad.serve.service import Limits
+    from zsad.serve.service import InspectionService, Limits
+    from zsad.serve.store import Store
 
-    from zsad.engine.checkpoint import stored_thresholds
-
-    method, device = method_from_args(args)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_pixels))
-    service = build_service(method, args.store, tiling_from_args(args, method), limits, args.batch_size,
-                            args.max_wait_ms / 1000, args.precision,
-                            describe={"method": method.name, "backbone": method.config.backbone,
-                                      "checkpoint": str(args.checkpoint or ""), "device": str(device)},
-                            fixed=stored_thresholds(args.checkpoint) if args.checkpoint else None)
+    models, describe = _exported(args) if args.model else _method(args)
+    service = InspectionService(Store(args.store), models, describe, limits, args.batch_size, args.max_wait_ms / 1000)
     try:
+        if args.model:
+            models.register(service)
         uvicorn.run(create_app(service, args.token), host=args.host, port=args.port, log_level="warning")
     finally:
         service.close()
     return 0
+
+
+def _exported(args: argparse.Namespace):
+    """Exported models, one product each: no PyTorch is imported."""
+    from zsad.errors import ConfigError
+    from zsad.serve.models import ExportedModels
+
+    if args.method or args.checkpoint or args.tile is not None:
+        raise ConfigError("--model serves exported models, which have their method, product and tiling folded in: "
+                          "drop --method, --checkpoint and --tile")
+    models = ExportedModels(args.model, args.batch_size)
+    return models, {"models": {name: {"method": m.name, "backbone": m.meta.get("backbone", ""),
+                                      "runtime": m.meta.get("runtime", ""), "precision": m.meta.get("precision", "")}
+                               for name, m in models.models.items()}}
+
+
+def _method(args: argparse.Namespace):
+    """One method on the PyTorch path, shared by every product."""
+    from zsad.commands.common import method_from_args, tiling_from_args
+    from zsad.engine.checkpoint import stored_thresholds
+    from zsad.serve.method import MethodModels
+
+    method, device = method_from_args(args)
+    models = MethodModels(method, tiling_from_args(args, method), args.batch_size, args.precision,
+                          stored_thresholds(args.checkpoint) if args.checkpoint else None)
+    return models, {"method": method.name, "backbone": method.config.backbone,
+                    "checkpoint": str(args.checkpoint or ""), "device": str(device)}

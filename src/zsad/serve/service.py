@@ -35,6 +35,7 @@ from zsad.inference.calibration import achieved_rates, score_references, thresho
 from zsad.inference.inspection import ANOMALOUS, NORMAL, Inspection, Thresholds
 from zsad.inference.overlay import inspection_picture, png_bytes
 from zsad.inference.scoring import Inspector, Scorer
+from zsad.serve.models import Models
 from zsad.serve.store import (
     DEFECT, MAX_TARGET_FPR, Conflict, NewImage, NotFound, Product, Store, StoredImage, check_name, clean_filename,
 )
@@ -72,18 +73,15 @@ class Upload:
 class InspectionService:
     """Products, inspections and reviews over one store, with one :class:`ModelWorker` owning the model.
 
-    ``new_scorer()`` returns a fresh, unprepared scorer that shares the loaded model's weights (each product
-    revision keeps its own prepared one). ``fixed`` are the thresholds the model's checkpoint stores, which
-    decide for a zero-shot product until its own images calibrate it.
+    ``models`` (:mod:`zsad.serve.models`) gives each product a fresh, unprepared scorer (each product revision
+    keeps its own prepared one) and the thresholds that decide for it before its own images calibrate it.
     """
 
-    def __init__(self, store: Store, new_scorer: Callable[[], Scorer], describe: dict[str, Any],
-                 limits: Limits | None = None, batch_size: int = 8, max_wait: float = 0.005,
-                 fixed: Thresholds | None = None) -> None:
-        self.store, self.new_scorer, self.describe, self.fixed = store, new_scorer, describe, fixed
+    def __init__(self, store: Store, models: Models, describe: dict[str, Any], limits: Limits | None = None,
+                 batch_size: int = 8, max_wait: float = 0.005) -> None:
+        self.store, self.models, self.describe = store, models, describe
         self.limits = limits or Limits()
-        probe = new_scorer()
-        self.few_shot, self.zero_shot = probe.few_shot, probe.zero_shot
+        self.few_shot, self.zero_shot = models.few_shot, models.zero_shot
         self.worker = ModelWorker(self._prepared_inspector, batch_size, max_wait)
 
     def close(self) -> None:
@@ -114,6 +112,9 @@ class InspectionService:
                        target_fpr: float | None = None) -> Future:
         """Validate and decode here (a taken name is refused before any model work), then calibrate on the
         model's thread; the future gives the Product."""
+        if self.models.fixed_products:
+            raise ConfigError("this service serves exported models, each of which is its product: export a model "
+                              "for the new product and add --model DIR")
         check_name(name)
         class_name = class_name.strip()
         if not class_name:
@@ -128,7 +129,7 @@ class InspectionService:
     def _check_reference_count(self, name: str, count: int) -> None:
         if count > self.limits.max_references:
             raise ConfigError(f"at most {self.limits.max_references} reference images, got {count}")
-        if count == 0 and not (self.zero_shot and self.fixed is not None):
+        if count == 0 and not (self.zero_shot and self.models.fixed(name) is not None):
             why = ("this checkpoint stores no thresholds (train it with held-out calibration)" if self.zero_shot
                    else "the model compares new images with them")
             raise ConfigError(f"product {name!r} needs normal reference images: {why}")
@@ -138,8 +139,8 @@ class InspectionService:
 
     def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[Normal],
                 display_name: str | None, target_fpr: float) -> Product:
-        scorer = self.new_scorer()
-        thresholds = self._calibrate(scorer, class_name, images, [], target_fpr)
+        scorer = self.models.scorer(name)
+        thresholds = self._calibrate(name, scorer, class_name, images, [], target_fpr)
         product = self.store.add_product(name, class_name, [NewImage(u.filename, u.data) for u in uploads],
                                          thresholds, display_name, target_fpr)
         self.worker.remember((product.id, product.revision), Inspector(scorer, product.thresholds))
@@ -160,7 +161,11 @@ class InspectionService:
                                                      target_fpr=target_fpr))
 
     def delete_product(self, name: str) -> None:
-        self.store.delete_product(self.product(name))
+        product = self.product(name)
+        if self.models.fixed_products:
+            raise ConfigError(f"product {name!r} is an exported model this service was started with: restart "
+                              f"without its --model to retire it")
+        self.store.delete_product(product)
 
     def add_references(self, name: str, uploads: list[Upload]) -> Future:
         product = self.product(name)
@@ -179,6 +184,11 @@ class InspectionService:
         keep = [i.id for i in product.images if i.id != image_id]
         self._check_reference_count(name, sum(i.kind != DEFECT for i in product.images if i.id != image_id))
         return self.worker.call(lambda: self._revise(name, f"image {image_id} removed", keep=keep))
+
+    def recalibrate(self, name: str, reason: str) -> Future:
+        """A new revision calibrated again on the product's current images (when its model changed)."""
+        self.product(name)
+        return self.worker.call(lambda: self._revise(name, reason))
 
     def restore(self, name: str, number: int) -> Future:
         product = self.product(name)
@@ -204,17 +214,17 @@ class InspectionService:
                 defects.append(decoded)
             else:
                 normals.append(Normal(image.filename, decoded, image.inspection_id is not None))
-        scorer = self.new_scorer()
+        scorer = self.models.scorer(product.name)
         target = product.target_fpr if target_fpr is None else target_fpr
-        thresholds = self._calibrate(scorer, product.class_name, normals, defects, target)
+        thresholds = self._calibrate(product.name, scorer, product.class_name, normals, defects, target)
         product = self.store.commit_revision(product, thresholds, reason, add=list(add),
                                              keep=None if keep is None else list(keep), target_fpr=target_fpr,
                                              review=review)
         self.worker.remember((product.id, product.revision), Inspector(scorer, product.thresholds))
         return product
 
-    def _calibrate(self, scorer: Scorer, class_name: str, normals: list[Normal], defects: list[np.ndarray],
-                   target_fpr: float) -> Thresholds:
+    def _calibrate(self, name: str, scorer: Scorer, class_name: str, normals: list[Normal],
+                   defects: list[np.ndarray], target_fpr: float) -> Thresholds:
         """Thresholds at ``target_fpr`` from the normal images (and labelled defects); leaves ``scorer``
         prepared on them. Refuses images that cannot calibrate anything, with the reason.
 
@@ -229,10 +239,11 @@ class InspectionService:
         scored = score_references(scorer, class_name, images, leave_one_out=memory) if images else None
         scorer.prepare(class_name, images if memory else None)
         defect_scores = np.array([s.score for s in scorer.score(defects)]) if defects else np.array([])
+        fixed = self.models.fixed(name)
         if scored is None:
-            if self.fixed is None:
+            if fixed is None:
                 raise ConfigError("no normal images and no thresholds stored with the model: add references")
-            return _from_checkpoint(self.fixed, defect_scores, target_fpr)
+            return self.stamped(name, _from_stored(fixed, defect_scores, target_fpr))
         if len(scored.scores) >= 2 and np.ptp(scored.scores) <= 1e-6 * max(float(np.abs(scored.scores).max()), 1e-12):
             raise ConfigError(f"the {len(scored.scores)} normal images score the same ({scored.scores[0]:.3g}): they "
                               f"are (nearly) one image, so no threshold can be read off them; use different normal "
@@ -241,14 +252,20 @@ class InspectionService:
         calibrating = scored.subset(references) if memory and sum(references) >= 2 else scored
         in_memory = len(scored.scores) - len(calibrating.scores)
         thresholds = thresholds_at_fpr(
-            calibrating, defect_scores, target_fpr, floor=None if memory or self.fixed is None else self.fixed.image,
+            calibrating, defect_scores, target_fpr, floor=None if memory or fixed is None else fixed.image,
             reference_scores=scored.scores,
             note=f"; {in_memory} reviewed normal image(s) in the memory" if in_memory else "")
         thresholds.calibration["learnt_in_memory"] = in_memory
+        return self.stamped(name, thresholds)
+
+    def stamped(self, name: str, thresholds: Thresholds) -> Thresholds:
+        """``thresholds`` with the identity of the product's model recorded (exported models)."""
+        if identity := self.models.identity(name):
+            thresholds.calibration["model"] = identity
         return thresholds
 
     def _inspector_for(self, product: Product) -> Inspector:
-        scorer = self.new_scorer()
+        scorer = self.models.scorer(product.name)
         references = [self._stored(i) for i in product.references]
         scorer.prepare(product.class_name, references if _uses_memory(scorer, len(references)) else None)
         return Inspector(scorer, product.thresholds)
@@ -330,9 +347,12 @@ def _done(value: Any) -> Future:
     return future
 
 
-def _from_checkpoint(fixed: Thresholds, defects: np.ndarray, target_fpr: float) -> Thresholds:
-    """A product without normal images of its own: the checkpoint's thresholds, said so."""
+def _from_stored(fixed: Thresholds, defects: np.ndarray, target_fpr: float) -> Thresholds:
+    """A product without normal images of its own: the thresholds stored with the model, said so; an exported
+    model's were calibrated on this product's references at export, and keep their own provenance."""
     thresholds = Thresholds.from_dict(fixed.to_dict())
+    if fixed.calibration.get("kind") != "held-out":
+        return thresholds
     held_out = fixed.calibration.get("normal", 0)
     thresholds.calibration = {
         "kind": "checkpoint", "normal": 0, "defects": len(defects), "target_fpr": target_fpr,
