@@ -22,7 +22,6 @@ inspector, so a new revision never changes how an inspection already queued is s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
