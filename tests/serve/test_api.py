@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import zsad
 from conftest import DEFECT, SERVE, png, server, texture
 
 
@@ -133,16 +134,50 @@ def test_bad_input_is_a_4xx_json_error_and_the_service_keeps_serving(images, tmp
 
 
 @pytest.mark.slow
-def test_a_token_guards_every_route_but_the_page_and_health(images, tmp_path):
+def test_a_token_guards_every_route_but_the_page_health_and_sign_in(images, tmp_path):
     with server(tmp_path / "store", "--token", "s3cret") as url:
-        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx.get(f"{url}/health").json() == {"status": "ok", "version": zsad.__version__}  # nothing else
         assert httpx.get(url).status_code == 200
         denied = httpx.get(f"{url}/products")
         assert denied.status_code == 401 and "token" in denied.json()["error"]
         assert _create(url, images).status_code == 401
         assert httpx.get(f"{url}/products", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{url}/products", params={"token": "s3cret"}).status_code == 401  # never in a URL
+        for path in ("/docs", "/openapi.json"):
+            assert httpx.get(f"{url}{path}").status_code == 401
+        bearer = {"Authorization": "Bearer s3cret"}
+        schema = httpx.get(f"{url}/openapi.json", headers=bearer).json()
+        assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert httpx.get(f"{url}/docs", headers=bearer).status_code == 200
+        assert "model_calls" in httpx.get(f"{url}/health", headers=bearer).json()
         assert _create(url, images, Authorization="Bearer s3cret").status_code == 201
-        assert httpx.get(f"{url}/products", params={"token": "s3cret"}).status_code == 200
+
+        assert httpx.post(f"{url}/session", json={"token": "wrong"}).status_code == 401
+        with httpx.Client(base_url=url) as browser:  # the page's way: a session cookie, HttpOnly
+            signed = browser.post("/session", json={"token": "s3cret"})
+            assert signed.status_code == 204 and "httponly" in signed.headers["set-cookie"].lower()
+            assert browser.get("/products").status_code == 200
+            assert browser.get("/docs").status_code == 200
+            assert browser.delete("/session").status_code == 204
+            assert browser.get("/products").status_code == 401
+
+
+@pytest.mark.slow
+def test_cross_origin_writes_and_rebound_hosts_are_refused_without_a_token(images, tmp_path):
+    """A page on another origin cannot drive a token-less loopback service through the operator's browser."""
+    with server(tmp_path / "store") as url:
+        port = url.rsplit(":", 1)[1]
+        evil = {"Origin": "http://evil.example"}
+        refused = httpx.post(f"{url}/products", data={"name": "x", "class_name": "y"}, headers=evil)
+        assert refused.status_code == 403 and "another origin" in refused.json()["error"]
+        assert httpx.post(f"{url}/session", json={"token": ""}, headers={"Sec-Fetch-Site": "cross-site"}
+                          ).status_code == 403
+        rebound = httpx.get(f"{url}/products", headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 403 and "loopback only" in rebound.json()["error"]
+        same = {"Origin": url}  # the service's own page
+        assert _create(url, images, **same).status_code == 201
+        assert httpx.get(f"{url}/products", headers={"Host": f"localhost:{port}"}).status_code == 200
+        assert httpx.get(f"{url}/products").json()[0]["name"] == "bracket"
 
 
 def test_binding_beyond_loopback_without_a_token_refuses_to_start(tmp_path):

@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the model waits to batch "
                    "concurrent requests (default 5 ms)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload per image (default 50 MB)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="on SIGTERM, seconds to let requests in "
+                   "flight finish before they are cancelled (default 30)")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a request body may stall before the "
+                   "request is given up (default 60)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                           f"holders of the token can use the service")
     if not 0 < args.port < 65536 or args.batch_size < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
         raise ConfigError("--port must be 1-65535, --batch-size >= 1, --max-wait-ms >= 0, --max-upload-mb > 0")
+    if args.shutdown_timeout < 0 or args.body_timeout <= 0:
+        raise ConfigError("--shutdown-timeout must be >= 0 and --body-timeout > 0 seconds")
     # The model's OpenMP threads share the CPU with the HTTP threads: idle ones must sleep, not spin (on
     # two cores spinning halved the served throughput). Read when torch loads, so set before importing it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.model:
             models.register(service)
-        uvicorn.run(create_app(service, args.token), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(create_app(service, args.token, is_loopback(args.host), args.body_timeout), host=args.host,
+                    port=args.port, log_level="warning", timeout_graceful_shutdown=args.shutdown_timeout)
     finally:
         service.close()
     return 0

@@ -21,6 +21,7 @@ inspector, so a new revision never changes how an inspection already queued is s
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -38,10 +39,11 @@ from zsad.serve.models import Models
 from zsad.serve.store import (
     DEFECT, MAX_TARGET_FPR, Conflict, NewImage, NotFound, Product, Store, StoredImage, check_name, clean_filename,
 )
-from zsad.serve.worker import ModelWorker
+from zsad.serve.worker import ModelWorker, SharedModel, TurnLock
 
 __all__ = ["Conflict", "InspectionService", "Limits", "NotFound", "Upload"]
 
+OVERLAY_SIDE = 1024  # overlays of larger images are stored shrunk to this long side (regions stay full-size)
 DUPLICATE_DIFFERENCE = 1.0  # mean absolute pixel difference (of 255) below which two images are one photograph
 DUPLICATE_PIXELS = 1 << 16  # pixels compared per pair at most (a strided grid of the full image)
 
@@ -81,7 +83,15 @@ class InspectionService:
         self.store, self.models, self.describe = store, models, describe
         self.limits = limits or Limits()
         self.few_shot, self.zero_shot = models.few_shot, models.zero_shot
+        self.model_lock = TurnLock()
+        self._creating: set[str] = set()  # names of products being created (lower case)
+        self._creating_lock = threading.Lock()
         self.worker = ModelWorker(self._prepared_inspector, batch_size, max_wait)
+
+    def _scorer(self, name: str) -> Scorer:
+        """A fresh scorer for product ``name`` whose model calls take turns with every other's."""
+        scorer = self.models.scorer(name)
+        return Scorer(SharedModel(scorer.model, self.model_lock), scorer.tiling, scorer.batch_size)
 
     def close(self) -> None:
         self.worker.close()
@@ -123,7 +133,13 @@ class InspectionService:
             raise Conflict(f"a product named {self.store.product(name).name!r} exists already (names ignore case)")
         self._check_reference_count(name, len(references))
         images = [Normal(clean_filename(u.filename), self.decode(u)) for u in references]
-        return self.worker.call(lambda: self._create(name, class_name, references, images, display_name, target_fpr))
+        with self._creating_lock:  # a second create of one name is refused now, not after a calibration
+            if name.lower() in self._creating:
+                raise Conflict(f"a product named {name!r} is being created by another request")
+            self._creating.add(name.lower())
+        future = self.worker.call(lambda: self._create(name, class_name, references, images, display_name, target_fpr))
+        future.add_done_callback(lambda _: self._creating.discard(name.lower()))
+        return future
 
     def _check_reference_count(self, name: str, count: int) -> None:
         if count > self.limits.max_references:
@@ -138,7 +154,7 @@ class InspectionService:
 
     def _create(self, name: str, class_name: str, uploads: list[Upload], images: list[Normal],
                 display_name: str | None, target_fpr: float) -> Product:
-        scorer = self.models.scorer(name)
+        scorer = self._scorer(name)
         thresholds = self._calibrate(name, scorer, class_name, images, [], target_fpr)
         product = self.store.add_product(name, class_name, [NewImage(u.filename, u.data) for u in uploads],
                                          thresholds, display_name, target_fpr)
@@ -213,7 +229,7 @@ class InspectionService:
                 defects.append(decoded)
             else:
                 normals.append(Normal(image.filename, decoded, image.inspection_id is not None))
-        scorer = self.models.scorer(product.name)
+        scorer = self._scorer(product.name)
         target = product.target_fpr if target_fpr is None else target_fpr
         thresholds = self._calibrate(product.name, scorer, product.class_name, normals, defects, target)
         product = self.store.commit_revision(product, thresholds, reason, add=list(add),
@@ -264,7 +280,7 @@ class InspectionService:
         return thresholds
 
     def _inspector_for(self, product: Product) -> Inspector:
-        scorer = self.models.scorer(product.name)
+        scorer = self._scorer(product.name)
         references = [self._stored(i) for i in product.references]
         scorer.prepare(product.class_name, references if _uses_memory(scorer, len(references)) else None)
         return Inspector(scorer, product.thresholds)
@@ -287,12 +303,13 @@ class InspectionService:
                                                    [clean_filename(u.filename) for u in uploads])
 
     def record(self, product: Product, uploads: list[Upload], images: list[np.ndarray],
-               inspections: list[Inspection]) -> list[dict[str, Any]]:
-        """Each inspection with its overlay and the uploaded image, written to the store (off the model's
-        thread)."""
-        return [self.store.add_inspection(product, inspection.source, inspection,
-                                          png_bytes(inspection_picture(image, inspection)), upload.data)
-                for upload, image, inspection in zip(uploads, images, inspections)]
+               inspections: list[Inspection], request: str | None = None) -> list[dict[str, Any]]:
+        """The inspections with their overlays and uploaded images, written to the store together (all or
+        none; with ``request``, an Idempotency-Key's response in the same transaction), off the model's
+        thread."""
+        return self.store.add_inspections(product, [
+            (inspection.source, inspection, png_bytes(inspection_picture(image, inspection, max_side=OVERLAY_SIDE)),
+             upload.data) for upload, image, inspection in zip(uploads, images, inspections)], request)
 
     def review(self, number: int, verdict: str, note: str = "", learn: bool = False) -> Future:
         """Record an operator's verdict on an inspection; with ``learn``, teach it to the product (a new

@@ -135,6 +135,17 @@ MIGRATIONS = [
     ALTER TABLE inspections ADD COLUMN review TEXT;
     CREATE INDEX inspections_by_time ON inspections(created);
     """,
+    # 4: idempotent writes: the first response to each Idempotency-Key, so that a retry gets it again
+    # (status NULL while the first request is still being served).
+    """
+    CREATE TABLE requests (
+        key TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        created REAL NOT NULL,
+        status INTEGER,
+        body TEXT
+    );
+    """,
 ]
 NORMAL, DEFECT = "normal", "defect"
 MAX_TARGET_FPR = 0.5
@@ -278,6 +289,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.migrate()
         self._db.execute("PRAGMA foreign_keys=ON")
+        # A request that was being served when the process died committed nothing (its records and its
+        # response commit together): its key is free for the retry.
+        self._db.execute("DELETE FROM requests WHERE status IS NULL")
 
     @property
     def version(self) -> int:
@@ -458,24 +472,58 @@ class Store:
                                     (name,)).fetchone() is not None
 
     # --- inspections ----------------------------------------------------------------------------------
-    def add_inspection(self, product: Product, filename: str, inspection: Inspection, overlay: bytes,
-                       image: bytes = b"") -> dict[str, Any]:
-        """Reserve the id, write the overlay (and the uploaded image) under it, then commit the row:
-        nothing half-recorded."""
-        width, height = inspection.size
+    def add_inspections(self, product: Product, records: list[tuple[str, Inspection, bytes, bytes]],
+                        request: str | None = None) -> list[dict[str, Any]]:
+        """Each ``(filename, inspection, overlay, uploaded image)`` in one transaction: ids reserved, files
+        written under them, rows committed together — all or none — with, for an idempotent ``request``, its
+        response (the records), so a retry after any failure finds all of it or nothing."""
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO inspections (product_id, filename, created, width, height, score, decision, "
-                "image_threshold, pixel_threshold, regions, overlay, revision) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
-                (product.id, clean_filename(filename), time.time(), width, height, inspection.score,
-                 inspection.decision, inspection.thresholds.image, inspection.thresholds.pixel,
-                 json.dumps([r.to_dict() for r in inspection.regions]), product.revision))
-            number = cursor.lastrowid
-            overlay_path = self.write_file(f"inspections/{number}.png", overlay)
-            image_path = self.write_file(f"inspections/{number}-image{_suffix(filename)}", image) if image else ""
-            db.execute("UPDATE inspections SET overlay = ?, image = ? WHERE id = ?", (overlay_path, image_path, number))
-        return self.inspection(number)
+            numbers = []
+            for filename, inspection, overlay, image in records:
+                width, height = inspection.size
+                cursor = db.execute(
+                    "INSERT INTO inspections (product_id, filename, created, width, height, score, decision, "
+                    "image_threshold, pixel_threshold, regions, overlay, revision) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
+                    (product.id, clean_filename(filename), time.time(), width, height, inspection.score,
+                     inspection.decision, inspection.thresholds.image, inspection.thresholds.pixel,
+                     json.dumps([r.to_dict() for r in inspection.regions]), product.revision))
+                number = cursor.lastrowid
+                overlay_path = self.write_file(f"inspections/{number}.png", overlay)
+                image_path = self.write_file(f"inspections/{number}-image{_suffix(filename)}", image) if image else ""
+                db.execute("UPDATE inspections SET overlay = ?, image = ? WHERE id = ?",
+                           (overlay_path, image_path, number))
+                numbers.append(number)
+            recorded = [self.inspection(number) for number in numbers]
+            if request is not None:
+                db.execute("UPDATE requests SET status = 200, body = ? WHERE key = ?", (json.dumps(recorded), request))
+        return recorded
+
+    # --- idempotent requests --------------------------------------------------------------------------
+    def claim_request(self, key: str, fingerprint: str) -> tuple[int, str] | None:
+        """The stored ``(status, body)`` of an earlier request with ``key``, or None after claiming the key
+        for this one. A key used for another request is refused; one still being served is busy."""
+        with self._transaction() as db:
+            row = db.execute("SELECT fingerprint, status, body FROM requests WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO requests (key, fingerprint, created) VALUES (?, ?, ?)",
+                           (key, fingerprint, time.time()))
+                return None
+        if row["fingerprint"] != fingerprint:
+            raise ConfigError(f"Idempotency-Key {key!r} was used for another request: use a new key per request")
+        if row["status"] is None:
+            raise Conflict(f"a request with Idempotency-Key {key!r} is still being served: retry in a moment")
+        return row["status"], row["body"]
+
+    def finish_request(self, key: str, status: int, body: str) -> None:
+        """Keep the response of a claimed request (unless it was kept with its records already)."""
+        with self._transaction() as db:
+            db.execute("UPDATE requests SET status = ?, body = ? WHERE key = ? AND status IS NULL", (status, body, key))
+
+    def release_request(self, key: str) -> None:
+        """Free the key of a request that failed, so that its retry runs again."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM requests WHERE key = ? AND status IS NULL", (key,))
 
     def inspection_image(self, number: int) -> str:
         """The stored upload of an inspection, relative to the store ("" when it was not kept)."""
